@@ -1,0 +1,1 @@
+"""Pure domain: no Qt, no SQL, no network (enforced by import-linter)."""
