@@ -23,7 +23,9 @@ _SHARED_CACHE: Path | None = None
 
 
 @pytest.fixture(autouse=True)
-def _private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def _private_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("CONTROLROOM_HOME", str(home))
     monkeypatch.delenv("CONTROLROOM_STORE", raising=False)

@@ -38,7 +38,13 @@ class Failure(StrEnum):
 
 
 RETRYABLE = frozenset(
-    {Failure.TIMEOUT, Failure.RATE_LIMITED, Failure.OVERLOADED, Failure.SERVER_ERROR, Failure.CONNECTION_ERROR}
+    {
+        Failure.TIMEOUT,
+        Failure.RATE_LIMITED,
+        Failure.OVERLOADED,
+        Failure.SERVER_ERROR,
+        Failure.CONNECTION_ERROR,
+    }
 )
 
 #: Failure types in legend order, without ``none``.

@@ -43,7 +43,9 @@ def derived_event_id(ts: float, key: str) -> str:
     replaying the same record yields the same id, which makes ingest idempotent.
     """
     ms = int(ts * 1000) & ((1 << 48) - 1)
-    digest = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=10).digest(), "big")
+    digest = int.from_bytes(
+        hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=10).digest(), "big"
+    )
     value = ms << 80 | 0x8 << 76 | (digest >> 4) & ((1 << 76) - 1)
     return f"{value:032x}"
 

@@ -53,13 +53,23 @@ def price_call(
     input_excludes_cache: bool | None = None,
 ) -> Price:
     """Price one call.  ``input_tokens`` is as the provider reported it."""
-    excludes = (provider or "").lower() in _INPUT_EXCLUDES_CACHE if input_excludes_cache is None else input_excludes_cache
+    excludes = (
+        (provider or "").lower() in _INPUT_EXCLUDES_CACHE
+        if input_excludes_cache is None
+        else input_excludes_cache
+    )
     total_input = input_tokens + (cache_read_tokens + cache_write_tokens if excludes else 0)
     if override is not None:
         uncached = max(total_input - cache_read_tokens - cache_write_tokens, 0)
-        read_rate = override.cache_read_per_mtok if override.cache_read_per_mtok is not None else override.input_per_mtok
+        read_rate = (
+            override.cache_read_per_mtok
+            if override.cache_read_per_mtok is not None
+            else override.input_per_mtok
+        )
         write_rate = (
-            override.cache_write_per_mtok if override.cache_write_per_mtok is not None else override.input_per_mtok
+            override.cache_write_per_mtok
+            if override.cache_write_per_mtok is not None
+            else override.input_per_mtok
         )
         cost = (
             uncached * override.input_per_mtok

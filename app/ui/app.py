@@ -1,0 +1,190 @@
+"""Start and stop the desktop app: QApplication, theme, runtime thread, store, main window."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app import __version__
+from app.runtime import Runtime
+from app.ui.bridge import Bridge
+from app.ui.main_window import MainWindow
+from app.ui.qt import QtCore, QTimer, QtWidgets
+from app.ui.theme import Scheme, apply_theme
+
+log = logging.getLogger(__name__)
+
+#: How long --smoke waits for the background start-up work before it paints anyway.
+SMOKE_WAIT_S = 60.0
+
+
+@dataclass
+class UiOptions:
+    store_url: str | None = None
+    smoke: bool = False
+    screenshot: Path | None = None
+    page: str | None = None
+    theme: Scheme = Scheme.SYSTEM
+    demo: bool = False
+    demo_if_empty: bool = False
+
+
+class ControlRoom(QtCore.QObject):
+    """The running app: owns the runtime, the bridge, the store handle and the window."""
+
+    def __init__(self, qapp: QtWidgets.QApplication, options: UiOptions) -> None:
+        super().__init__()
+        self.qapp = qapp
+        self.options = options
+        self.runtime = Runtime()
+        self.bridge = Bridge(self.runtime, self)
+        self.window = MainWindow()
+        self.store: Any = None
+        self.store_error: str | None = None
+        self.keyring_ok: bool | None = None
+        self.smoke_check: dict[str, Any] | None = None
+        self._startup_pending = 0
+
+    # -- start-up ---------------------------------------------------------------
+    def start(self) -> None:
+        self.runtime.start()
+        self.window.status.set_runtime(self.runtime.state.value)
+        self.window.restore_state()
+        if self.options.page:
+            self.window.show_page(self.options.page)
+        self.window.show()
+        self._startup_pending = 3
+        self.bridge.run(_open_store(self.options.store_url), self._on_store_open, self._on_store_error)
+        self.bridge.run(_keyring_status(), self._on_keyring, lambda exc: self._on_keyring(None))
+        self.bridge.run(_tokens_and_price(), self._on_smoke_check, self._on_smoke_check_error)
+
+    def _step_done(self) -> None:
+        self._startup_pending -= 1
+
+    @property
+    def started(self) -> bool:
+        return self._startup_pending <= 0
+
+    def _on_store_open(self, store: Any) -> None:
+        self.store = store
+        self.window.status.set_store(store.describe(), store.url_for_display())
+        self._step_done()
+
+    def _on_store_error(self, exc: BaseException) -> None:
+        self.store_error = f"{type(exc).__name__}: {exc}"
+        self.window.status.set_store("unavailable ⚠", self.store_error)
+        log.error("the store could not be opened: %s", self.store_error)
+        self._step_done()
+
+    def _on_keyring(self, status: Any) -> None:
+        if status is None:
+            self.keyring_ok = False
+            self.window.status.set_keyring("unavailable", False, "The keyring could not be queried.")
+        else:
+            self.keyring_ok = status.available
+            self.window.status.set_keyring(
+                status.backend if status.available else "none", status.available, status.message
+            )
+        self._step_done()
+
+    def _on_smoke_check(self, result: dict[str, Any]) -> None:
+        self.smoke_check = result
+        self._step_done()
+
+    def _on_smoke_check_error(self, exc: BaseException) -> None:
+        self.smoke_check = {"error": f"{type(exc).__name__}: {exc}"}
+        self._step_done()
+
+    # -- shut-down ----------------------------------------------------------------
+    def shutdown(self) -> None:
+        self.window.save_state()
+        if self.store is not None:
+            self.runtime.run(asyncio.to_thread(self.store.close), timeout=10)
+        self.runtime.stop()
+        self.window.status.set_runtime(self.runtime.state.value)
+
+
+async def _open_store(url: str | None) -> Any:
+    from storage.engine import open_store
+
+    return await asyncio.to_thread(open_store, url)
+
+
+async def _keyring_status() -> Any:
+    from app.secrets import backend_status
+
+    return await asyncio.to_thread(backend_status)
+
+
+async def _tokens_and_price() -> dict[str, Any]:
+    """Count tokens with the real tiktoken and price one call: proves a (frozen) build carries both."""
+
+    def work() -> dict[str, Any]:
+        from app.core.pricing import price_call
+        from app.core.tokens import count_messages
+
+        count = count_messages([{"role": "user", "content": "How many tokens is this sentence?"}], "gpt-4o")
+        price = price_call("gpt-4o", provider="openai", input_tokens=count.tokens, output_tokens=100)
+        return {"tokens": count.tokens, "cost_usd": price.cost_usd, "price_source": price.source}
+
+    return await asyncio.to_thread(work)
+
+
+def _wait_until(qapp: QtWidgets.QApplication, predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        qapp.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 50)
+    return True
+
+
+def run_ui(options: UiOptions, argv: list[str] | None = None) -> int:
+    QtWidgets.QApplication.setApplicationName("Control Room")
+    QtWidgets.QApplication.setOrganizationName("controlroom")
+    QtWidgets.QApplication.setApplicationVersion(__version__)
+    qapp = QtWidgets.QApplication.instance() or QtWidgets.QApplication(argv or sys.argv[:1])
+    assert isinstance(qapp, QtWidgets.QApplication)
+    apply_theme(qapp, options.theme)
+    app = ControlRoom(qapp, options)
+    app.start()
+    if options.smoke:
+        return _smoke(qapp, app, options)
+    qapp.aboutToQuit.connect(app.shutdown)
+    return int(qapp.exec())
+
+
+def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -> int:
+    """Paint once after start-up work has finished, save the picture, exit."""
+    finished = _wait_until(qapp, lambda: app.started, SMOKE_WAIT_S)
+    # Let layouts settle and the status bar repaint with the final texts.
+    QTimer.singleShot(0, lambda: None)
+    qapp.processEvents()
+    window = app.window
+    ok = (
+        finished
+        and app.store_error is None
+        and bool(app.smoke_check)
+        and "error" not in (app.smoke_check or {})
+    )
+    if options.screenshot is not None:
+        options.screenshot.parent.mkdir(parents=True, exist_ok=True)
+        if not window.grab().save(str(options.screenshot)):
+            print(f"smoke: could not write {options.screenshot}", file=sys.stderr)
+            ok = False
+    check = app.smoke_check or {}
+    print(
+        f"smoke {'ok' if ok else 'FAILED'}: page={window.current_page} "
+        f"store={'open' if app.store is not None else app.store_error} "
+        f"tokens={check.get('tokens')} cost_usd={check.get('cost_usd')} "
+        f"keyring={'ok' if app.keyring_ok else 'unavailable'}"
+        + ("" if finished else " (start-up did not finish in time)")
+    )
+    app.shutdown()
+    window.close()
+    return 0 if ok else 1

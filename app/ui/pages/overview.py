@@ -1,0 +1,122 @@
+"""The Overview page: one tile per vital sign, fed by live-metrics snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from app.core import format as fmt
+from app.ui.pages import page_spec
+from app.ui.pages.placeholder import EmptyState, PageHeader
+from app.ui.qt import Qt, QtWidgets, Signal
+from app.ui.theme import current_colors
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    key: str
+    title: str
+    higher_is_good: bool | None
+
+
+TILES: tuple[TileSpec, ...] = (
+    TileSpec("requests_per_s", "Requests /s", None),
+    TileSpec("p95_latency_ms", "p95 latency", False),
+    TileSpec("error_rate", "Error rate", False),
+    TileSpec("cost_today_usd", "Cost today", False),
+    TileSpec("cache_hit_rate", "Cache hit rate", True),
+    TileSpec("open_breakers", "Open breakers", False),
+)
+
+
+def _format_value(key: str, value: Any, snapshot: Mapping[str, Any]) -> str:
+    if value is None:
+        return "—"
+    if key == "requests_per_s":
+        return f"{value:,.1f} /s"
+    if key == "p95_latency_ms":
+        return fmt.fmt_latency_ms(value)
+    if key in ("error_rate", "cache_hit_rate"):
+        return f"{value * 100:.1f}%"
+    if key == "cost_today_usd":
+        budget = snapshot.get("budget_today_usd")
+        text = fmt.fmt_usd(value)
+        return f"{text} of {fmt.fmt_usd(budget)}" if budget else text
+    if key == "open_breakers":
+        return str(int(value))
+    return str(value)
+
+
+class Tile(QtWidgets.QFrame):
+    clicked = Signal(str)
+
+    def __init__(self, spec: TileSpec, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent, objectName="tile")
+        self.spec = spec
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMinimumSize(180, 96)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(14, 10, 14, 10)
+        self.title = QtWidgets.QLabel(spec.title, objectName="tileTitle")
+        self.value = QtWidgets.QLabel("—", objectName="tileValue")
+        self.change = QtWidgets.QLabel("", objectName="muted")
+        layout.addWidget(self.title)
+        layout.addWidget(self.value)
+        layout.addWidget(self.change)
+        layout.addStretch(1)
+
+    def mouseReleaseEvent(self, event: Any) -> None:
+        self.clicked.emit(self.spec.key)
+        super().mouseReleaseEvent(event)
+
+    def keyPressEvent(self, event: Any) -> None:
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space):
+            self.clicked.emit(self.spec.key)
+            return
+        super().keyPressEvent(event)
+
+
+class OverviewPage(QtWidgets.QWidget):
+    """Ready to receive a live-metrics snapshot: ``apply_snapshot({"requests_per_s": 12.3, ...})``."""
+
+    tile_clicked = Signal(str)
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        spec = page_spec("overview")
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(20, 16, 20, 16)
+        layout.addWidget(PageHeader(spec.title, "The vital signs of every LLM dependency, live."))
+        grid = QtWidgets.QGridLayout()
+        grid.setSpacing(12)
+        self.tiles: dict[str, Tile] = {}
+        for i, tile_spec in enumerate(TILES):
+            tile = Tile(tile_spec)
+            tile.clicked.connect(self.tile_clicked)
+            self.tiles[tile_spec.key] = tile
+            grid.addWidget(tile, i // 3, i % 3)
+        layout.addLayout(grid)
+        self.empty = EmptyState(spec.next_step)
+        layout.addWidget(self.empty)
+        layout.addStretch(1)
+
+    def apply_snapshot(self, snapshot: Mapping[str, Any]) -> None:
+        """Show one snapshot: current values and, under ``previous``, the previous period's."""
+        previous = snapshot.get("previous") or {}
+        has_data = False
+        for key, tile in self.tiles.items():
+            value = snapshot.get(key)
+            has_data = has_data or value is not None
+            tile.value.setText(_format_value(key, value, snapshot))
+            prev = previous.get(key)
+            if value is not None and prev is not None:
+                text, good = fmt.fmt_change(float(value), float(prev), tile.spec.higher_is_good)
+                tile.change.setText(f"{text} vs previous period")
+                colors = current_colors()
+                tint = colors.muted if good is None else (colors.ok if good else colors.bad)
+                tile.change.setStyleSheet(f"color: {tint};")
+            else:
+                tile.change.setText("")
+        self.empty.setVisible(not has_data)
