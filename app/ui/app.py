@@ -72,7 +72,7 @@ class ControlRoom(QtCore.QObject):
 
     def _on_store_open(self, store: Any) -> None:
         self.store = store
-        self.window.status.set_store(store.describe(), store.url_for_display())
+        self.window.status.set_store(store_label(store), store.url)
         self._step_done()
 
     def _on_store_error(self, exc: BaseException) -> None:
@@ -107,6 +107,19 @@ class ControlRoom(QtCore.QObject):
             self.runtime.run(asyncio.to_thread(self.store.close), timeout=10)
         self.runtime.stop()
         self.window.status.set_runtime(self.runtime.state.value)
+
+
+def store_label(store: Any) -> str:
+    """A short name for the status bar: the SQLite file (home as ~), or the PostgreSQL server and database."""
+    from storage.engine import sqlite_path
+
+    path = sqlite_path(store.engine.url)
+    if path is not None:
+        home = Path.home()
+        shown = f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+        return f"SQLite · {shown}"
+    url = store.engine.url
+    return f"PostgreSQL · {url.host or 'local'}/{url.database}"
 
 
 async def _open_store(url: str | None) -> Any:
