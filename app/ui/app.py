@@ -198,6 +198,8 @@ def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -
         f"keyring={'ok' if app.keyring_ok else 'unavailable'}"
         + ("" if finished else " (start-up did not finish in time)")
     )
+    if check.get("error"):
+        print(f"smoke: token count or price failed: {check['error']}", file=sys.stderr)
     app.shutdown()
     window.close()
     return 0 if ok else 1
