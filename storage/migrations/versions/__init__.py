@@ -1,0 +1,1 @@
+"""Revision scripts; the package marker makes setuptools ship them (alembic skips this file)."""

@@ -1,0 +1,1 @@
+"""Query functions over the store: Core statements, never ORM objects on hot paths."""
