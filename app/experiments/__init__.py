@@ -1,0 +1,1 @@
+"""Prompt registry use, A/B runner, evaluators, reports."""

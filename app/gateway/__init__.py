@@ -1,0 +1,1 @@
+"""The data plane: engine, OpenAI-compatible server, control-state sync."""

@@ -1,0 +1,1 @@
+"""Log sources and the ingest pipeline."""
