@@ -162,8 +162,11 @@ def transaction(bind: Engine | Connection, *, write: bool = False) -> Iterator[C
 
 def _migrations_dir() -> Path:
     # importlib.resources finds the scripts installed, editable, or frozen
-    # (PyInstaller unpacks collected data files beside the package).
-    return Path(str(importlib.resources.files("storage.migrations")))
+    # (PyInstaller unpacks collected data files beside the package).  The
+    # package is imported by name so a freezer's import analysis sees it.
+    import storage.migrations
+
+    return Path(str(importlib.resources.files(storage.migrations)))
 
 
 def _alembic_config(connection: Connection | None = None) -> Any:

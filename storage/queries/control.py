@@ -292,6 +292,20 @@ class BreakerTransition:
     detail: dict[str, Any] | None = None
 
 
+def append_breaker_transition(
+    bind: Bind,
+    target: str,
+    *,
+    ts: float,
+    from_state: str,
+    to_state: str,
+    cause: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record one breaker state change (see :func:`append_breaker_transitions`)."""
+    append_breaker_transitions(bind, [BreakerTransition(target, ts, from_state, to_state, cause, detail)])
+
+
 def append_breaker_transitions(bind: Bind, transitions: list[BreakerTransition]) -> None:
     """Record breaker state changes (data-plane facts: not audited, no version bump)."""
     if not transitions:

@@ -512,11 +512,20 @@ class StoreContract:
             ],
         )
         control.append_breaker_transitions(store.engine, [])
+        control.append_breaker_transition(
+            store.engine,
+            "strong",
+            ts=T0 + 4,
+            from_state="open",
+            to_state="half_open",
+            cause="open_for elapsed",
+        )
         fast = control.list_breaker_transitions(store.engine, target="fast")
         assert [t.to_state for t in fast] == ["open", "half_open"]
         assert fast[0].detail == {"failures": 19, "requests": 31}
-        assert len(control.list_breaker_transitions(store.engine, since=T0 + 2)) == 2
-        assert [t.target for t in control.list_breaker_transitions(store.engine, limit=1)] == ["strong"]
+        assert len(control.list_breaker_transitions(store.engine, since=T0 + 2, until=T0 + 4)) == 2
+        newest = control.list_breaker_transitions(store.engine, limit=2)
+        assert [(t.target, t.to_state) for t in newest] == [("strong", "open"), ("strong", "half_open")]
         assert control.get_control_version(store.engine) == 0
 
     def test_budget_warning_fires_once_per_period(self, store: Store) -> None:

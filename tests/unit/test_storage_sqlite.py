@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -49,11 +50,12 @@ def test_every_connection_gets_the_pragmas(tmp_path: Path) -> None:
     assert pragma == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1, "busy_timeout": 10_000}
 
 
-def test_default_store_is_a_file_in_the_data_dir(_private_home: Path) -> None:
+def test_default_store_is_a_file_in_the_data_dir() -> None:
     with open_store() as store:
         assert store.dialect == "sqlite"
         insert_events(store.engine, [make_event(1)])
-    assert (_private_home / "data" / "controlroom.sqlite3").is_file()
+    # conftest points CONTROLROOM_HOME at a private directory for every test
+    assert (Path(os.environ["CONTROLROOM_HOME"]) / "data" / "controlroom.sqlite3").is_file()
 
 
 def test_controlroom_store_variable_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
