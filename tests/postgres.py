@@ -78,7 +78,7 @@ def sqlalchemy_url(libpq_url: str, database: str | None = None) -> str:
 
 def _unavailable(reason: str) -> None:
     message = f"no PostgreSQL server for the tests: {reason}"
-    if os.environ.get("CI", "").lower() == "true":
+    if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
         pytest.fail(message + " (CI=true: the PostgreSQL tests must run in CI)", pytrace=False)
     pytest.skip(message)
 
