@@ -60,7 +60,69 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--listen", default="127.0.0.1:8700", metavar="HOST:PORT")
     sim.add_argument("--scenario", default="healthy", metavar="NAME|FILE")
     sim.add_argument("--seed", type=int, default=0, metavar="N")
+
+    _add_gateway_parsers(sub)
     return parser
+
+
+def _add_gateway_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``gateway``, ``config`` and ``breaker``: the data plane and its control state."""
+    gateway = sub.add_parser(
+        "gateway", help="run the OpenAI- and Anthropic-compatible gateway server (loopback by default)"
+    )
+    gateway.add_argument("--listen", default="127.0.0.1:8787", metavar="HOST:PORT")
+    _add_store(gateway)
+    gateway.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="clients must send it as their API key; required off loopback. Prefer "
+        "$CONTROLROOM_GATEWAY_TOKEN: a command line is visible to other users",
+    )
+    gateway.add_argument(
+        "--max-body-mib", type=float, default=4.0, metavar="N", help="largest request body accepted [4]"
+    )
+
+    config = sub.add_parser("config", help="config as code: apply a YAML file to the store, or export it")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    apply = config_sub.add_parser(
+        "apply",
+        help="make the store hold exactly the file's objects (objects not in the file are deleted)",
+    )
+    apply.add_argument("file", type=Path, metavar="FILE.yaml")
+    _add_store(apply)
+    apply.add_argument("--reason", default="", help="why (kept in the audit log)")
+    apply.add_argument("--dry-run", action="store_true", help="show what would change; write nothing")
+    export = config_sub.add_parser("export", help="write the store's configuration as YAML")
+    _add_store(export)
+    export.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here instead of stdout")
+
+    breaker = sub.add_parser(
+        "breaker", help="the operator's breaker switch (what the UI's breakers page does)"
+    )
+    breaker_sub = breaker.add_subparsers(dest="breaker_command", metavar="ACTION", required=True)
+    listing = breaker_sub.add_parser("list", help="targets, their overrides and their last recorded state")
+    _add_store(listing)
+    for action, text in (
+        ("open", "force the breaker open: no traffic to the target"),
+        ("close", "force the breaker closed: traffic whatever the failures"),
+        ("auto", "give the breaker back to its automatic behaviour"),
+    ):
+        p = breaker_sub.add_parser(action, help=text)
+        p.add_argument("target", metavar="TARGET")
+        _add_store(p)
+        p.add_argument("--reason", default="", help="why (required for open and close; audited)")
+        if action != "auto":
+            p.add_argument(
+                "--for",
+                dest="for_",
+                metavar="DURATION",
+                help="then back to auto by itself (90s, 15m, 2h, 1d)",
+            )
+        p.add_argument(
+            "--allow-unknown",
+            action="store_true",
+            help="accept a target the store does not define (one a gateway configures in code)",
+        )
 
 
 def _add_ui_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +160,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_keys(args)
     if command == "sim":
         return _cmd_sim(args)
+    if command == "gateway":
+        return _cmd_gateway(args)
+    if command == "config":
+        return _cmd_config(args)
+    if command == "breaker":
+        return _cmd_breaker(args)
     parser.print_help()
     return EXIT_USAGE
 
@@ -187,3 +255,194 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_simulator(host, port, args.scenario, args.seed))
     return EXIT_OK
+
+
+# -- gateway, config, breaker --------------------------------------------------------------------
+def _actor() -> str:
+    """Who makes a control change: the OS user (audited)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no USER variable and no passwd entry (a bare container)
+        return "unknown"
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+    import signal
+
+    from app.gateway.server import TOKEN_ENV, GatewayServer, ListenError, check_listen, run_gateway
+    from storage.engine import StoreError
+
+    host, port = _parse_listen(args.listen, 8787)
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    try:
+        check_listen(host, token)
+    except ListenError as exc:
+        print(f"controlroom gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.max_body_mib > 0:
+        print("controlroom gateway: --max-body-mib must be more than 0", file=sys.stderr)
+        return EXIT_USAGE
+
+    def ready(server: GatewayServer, store_url: str) -> None:
+        auth = "token required" if token else "no token (loopback)"
+        print(f"controlroom gateway: listening on {server.url} ({auth}; store {store_url})", flush=True)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: KeyboardInterrupt instead
+                loop.add_signal_handler(sig, stop.set)
+        await run_gateway(
+            host,
+            port,
+            store_url=args.store,
+            token=token,
+            max_body_bytes=int(args.max_body_mib * 1024 * 1024),
+            on_ready=ready,
+            stop=stop,
+        )
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+    except StoreError as exc:
+        print(f"controlroom gateway: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:
+        print(f"controlroom gateway: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print("controlroom gateway: stopped; every event was written", flush=True)
+    return EXIT_OK
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from app.core.config import check_config
+    from app.gateway import control
+    from storage.engine import StoreError, open_store
+
+    try:
+        if args.config_command == "export":
+            with open_store(args.store) as store:
+                text = control.export_text(store)
+            if args.output is None:
+                sys.stdout.write(text)
+            else:
+                args.output.write_text(text, encoding="utf-8")
+                print(f"wrote {args.output}", file=sys.stderr)
+            return EXIT_OK
+        name = str(args.file)
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except OSError as exc:
+            print(f"controlroom: cannot read {name}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        except UnicodeDecodeError:
+            print(f"{name}:1: not UTF-8 text", file=sys.stderr)
+            return EXIT_FAILURE
+        check = check_config(text, name)
+        for warning in check.warnings:
+            print(f"{warning} (warning)", file=sys.stderr)
+        if check.config is None:
+            for problem in check.errors:
+                print(problem, file=sys.stderr)
+            n = len(check.errors)
+            print(
+                f"controlroom: {name} was not applied ({n} problem{'s' if n != 1 else ''}); "
+                "nothing in the store changed",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        with open_store(args.store) as store:
+            report = control.apply_config(
+                store,
+                check.config,
+                actor=_actor(),
+                reason=args.reason,
+                source_file=name,
+                dry_run=args.dry_run,
+            )
+            where = store.url
+        _print_apply(report, name, where)
+        return EXIT_OK
+    except (control.ControlError, StoreError) as exc:
+        print(f"controlroom: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _print_apply(report: object, name: str, where: str) -> None:
+    from app.gateway.control import ApplyReport
+
+    assert isinstance(report, ApplyReport)
+    if not report.changed:
+        print(f"nothing to change: {where} already holds {name} (control version {report.version_after})")
+        return
+    if report.dry_run:
+        print(f"dry run: applying {name} to {where} would make these changes (nothing was written):")
+    else:
+        print(
+            f"applied {name} to {where} "
+            f"(control version {report.version_before} -> {report.version_after}; gateways follow within 1 s):"
+        )
+    for change in report.changes:
+        note = "  (not in the file: the file is the truth)" if change.action == "delete" else ""
+        print(f"  {change}{note}")
+    print(f"  {len(report.changes)} changed, {len(report.unchanged)} unchanged")
+
+
+def _cmd_breaker(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from app.gateway import control
+    from storage.engine import StoreError, open_store
+
+    def when(ts: float) -> str:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    try:
+        with open_store(args.store) as store:
+            if args.breaker_command == "list":
+                rows = control.list_breakers(store)
+                if not rows:
+                    print("no targets in the store")
+                    return EXIT_OK
+                print("TARGET\tOVERRIDE\tUNTIL\tBY\tREASON\tLAST RECORDED STATE")
+                for row in rows:
+                    o = row.override
+                    last = row.last_transition
+                    name = row.target if row.in_store else f"{row.target} (not in the store)"
+                    print(
+                        "\t".join(
+                            (
+                                name,
+                                o.state if o else "auto",
+                                when(o.expires_at) if o and o.expires_at else "-",
+                                o.actor if o else "-",
+                                o.reason if o else "-",
+                                f"{last.to_state} since {when(last.ts)} ({last.cause})" if last else "-",
+                            )
+                        )
+                    )
+                return EXIT_OK
+            for_s = control.parse_duration(args.for_) if getattr(args, "for_", None) else None
+            override = control.set_breaker(
+                store,
+                args.target,
+                args.breaker_command,
+                reason=args.reason,
+                actor=_actor(),
+                for_s=for_s,
+                allow_unknown=args.allow_unknown,
+            )
+        until = f" until {when(override.expires_at)}" if override.expires_at else ""
+        print(
+            f"breaker {override.target}: {override.state}{until} by {override.actor}"
+            f"{': ' + override.reason if override.reason else ''} (gateways obey within 1 s)"
+        )
+        return EXIT_OK
+    except (control.ControlError, StoreError) as exc:
+        print(f"controlroom: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

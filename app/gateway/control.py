@@ -16,11 +16,11 @@ the UI and every gateway (:func:`load_config`) read the same thing.
 - Breaker overrides are operational state, not configuration: apply and export leave them
   alone.  :func:`set_breaker` is the switch (``controlroom breaker open|close|auto``).
 
-How objects are stored: an ``api_key: keyring`` in the file is the store's reference
-``keyring:controlroom/NAME`` (``keyring:controlroom/NAME:admin`` for ``admin_key``); per-target
-breaker settings live in the target row's ``breaker`` column; the global ``breakers.default``
-has no table of its own and is kept as the ``after`` of the newest audit row of type
-``breaker_defaults`` (so it is audited and versioned like everything else).
+How objects are stored: the rows are the engine's mapping (app.gateway.state: an ``api_key:
+keyring`` is the store's reference ``keyring:controlroom/NAME``, per-target breaker settings
+live in the target row's ``breaker`` column).  The global ``breakers.default`` has no table of
+its own and is kept as the ``after`` of the newest audit row of type ``breaker_defaults``
+(:func:`stored_breaker_defaults`), so it is audited and versioned like everything else.
 """
 
 from __future__ import annotations
@@ -34,19 +34,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import yaml
 from sqlalchemy import Connection, Engine
 
 from app.core.breaker import BreakerSettings, OverrideMode
-from app.core.config import (
-    BreakerConfig,
-    ConfigError,
-    ControlConfig,
-    Provider,
-    Target,
-    config_to_data,
-    parse_config,
-)
+from app.core.config import ConfigError, ControlConfig
 from storage.engine import Store, transaction
 from storage.queries import control as q
 
@@ -67,80 +58,15 @@ def _engine_or_conn(bind: Bind) -> Engine | Connection:
 
 
 # --- rows <-> objects -------------------------------------------------------------------
-
-
-def _key_ref_to_store(ref: str | None, provider: str, *, admin: bool) -> str | None:
-    if ref is None:
-        return None
-    if ref == "keyring":
-        return f"keyring:controlroom/{provider}{':admin' if admin else ''}"
-    return ref  # env:VAR or none
-
-
-def _key_ref_to_file(ref: str | None) -> str | None:
-    if ref is None:
-        return None
-    # The file only knows "keyring"; the secrets module finds the key by provider name.
-    return "keyring" if ref.startswith("keyring") else ref
-
-
-def _provider_row(p: Provider) -> dict[str, Any]:
-    limits = p.rate_limits
-    return {
-        "name": p.name,
-        "kind": p.kind.value,
-        "base_url": p.base_url,
-        "api_key_ref": _key_ref_to_store(p.api_key, p.name, admin=False),
-        "admin_key_ref": _key_ref_to_store(p.admin_key, p.name, admin=True),
-        "rpm": limits.rpm if limits else None,
-        "tpm": limits.tpm if limits else None,
-    }
-
-
-def _target_row(t: Target, breakers: BreakerConfig) -> dict[str, Any]:
-    price = t.price
-    overrides = breakers.targets.get(t.name)
-    return {
-        "name": t.name,
-        "provider": t.provider,
-        "model": t.model,
-        "input_per_mtok": price.input_per_mtok if price else None,
-        "output_per_mtok": price.output_per_mtok if price else None,
-        "cache_read_per_mtok": price.cache_read_per_mtok if price else None,
-        "cache_write_per_mtok": price.cache_write_per_mtok if price else None,
-        "breaker": dict(overrides) if overrides else None,
-    }
+# The row shapes are the engine's (app.gateway.state.config_to_rows / config_from_rows): one
+# mapping, so what `config apply` writes is exactly what every gateway reads.
 
 
 def _rows(cfg: ControlConfig) -> dict[str, dict[str, dict[str, Any]]]:
     """The store rows (without bookkeeping) that hold ``cfg``, by kind and name."""
-    data = config_to_data(cfg)
-    routes: dict[str, dict[str, Any]] = {}
-    for route in data.get("routes", []):
-        r = dict(route)
-        name = r.pop("name")
-        rules = r.pop("rules")
-        on_all_open = r.pop("on_all_open")
-        routes[name] = {"name": name, "settings": r, "rules": rules, "on_all_open": on_all_open}
-    budgets: dict[str, dict[str, Any]] = {}
-    for b in data.get("budgets", []):
-        budgets[b["name"]] = {
-            "name": b["name"],
-            "scope": b["scope"],
-            "period": b["period"],
-            "timezone": b["timezone"],
-            "limit_usd": b.get("limit_usd"),
-            "limit_tokens": b.get("limit_tokens"),
-            "warn_at": b["warn_at"],
-            "action": b["action"],
-            "downgrade_to": b.get("downgrade_to"),
-        }
-    return {
-        "provider": {p.name: _provider_row(p) for p in cfg.providers},
-        "target": {t.name: _target_row(t, cfg.breakers) for t in cfg.targets},
-        "route": routes,
-        "budget": budgets,
-    }
+    from app.gateway.state import config_to_rows
+
+    return {kind: {row["name"]: row for row in rows} for kind, rows in config_to_rows(cfg).items()}
 
 
 def _breaker_defaults_data(settings: BreakerSettings) -> dict[str, Any]:
@@ -149,66 +75,20 @@ def _breaker_defaults_data(settings: BreakerSettings) -> dict[str, Any]:
     }
 
 
-def _stored_breaker_defaults(conn: Connection) -> dict[str, Any] | None:
+def _stored_breaker_defaults_data(conn: Engine | Connection) -> dict[str, Any] | None:
     rows = q.list_audit(conn, object_type=BREAKER_DEFAULTS, limit=1)
     if not rows or not isinstance(rows[0].after, dict):
         return None
     return dict(rows[0].after)
 
 
-def _file_data(conn: Connection) -> dict[str, Any]:
-    """The store's control objects in the config file's shape."""
-    out: dict[str, Any] = {}
-    providers = []
-    for row in q.list_objects(conn, "provider"):
-        p: dict[str, Any] = {"name": row["name"], "kind": row["kind"]}
-        if row["base_url"] is not None:
-            p["base_url"] = row["base_url"]
-        p["api_key"] = _key_ref_to_file(row["api_key_ref"])
-        if row["admin_key_ref"] is not None:
-            p["admin_key"] = _key_ref_to_file(row["admin_key_ref"])
-        limits = {k: row[k] for k in ("rpm", "tpm") if row[k] is not None}
-        if limits:
-            p["rate_limits"] = limits
-        providers.append(p)
-    targets = []
-    breaker_targets: dict[str, Any] = {}
-    for row in q.list_objects(conn, "target"):
-        t: dict[str, Any] = {"name": row["name"], "provider": row["provider"], "model": row["model"]}
-        if row["input_per_mtok"] is not None or row["output_per_mtok"] is not None:
-            t["price"] = {
-                k: row[k]
-                for k in ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
-                if row[k] is not None
-            }
-        if row["breaker"]:
-            breaker_targets[row["name"]] = row["breaker"]
-        targets.append(t)
-    routes = [
-        {"name": row["name"], **row["settings"], "on_all_open": row["on_all_open"], "rules": row["rules"]}
-        for row in q.list_objects(conn, "route")
-    ]
-    budgets = []
-    for row in q.list_objects(conn, "budget"):
-        b = {k: row[k] for k in ("name", "scope", "period", "timezone", "warn_at", "action")}
-        for k in ("limit_usd", "limit_tokens", "downgrade_to"):
-            if row[k] is not None:
-                b[k] = row[k]
-        budgets.append(b)
-    defaults = _stored_breaker_defaults(conn)
-    for key, value in (("providers", providers), ("targets", targets), ("routes", routes)):
-        if value:
-            out[key] = value
-    if defaults is not None or breaker_targets:
-        breakers: dict[str, Any] = {}
-        if defaults is not None:
-            breakers["default"] = defaults
-        if breaker_targets:
-            breakers["targets"] = breaker_targets
-        out["breakers"] = breakers
-    if budgets:
-        out["budgets"] = budgets
-    return out
+def stored_breaker_defaults(bind: Bind) -> BreakerSettings | None:
+    """The ``breakers.default`` the last applied config set (``None``: never set, the defaults apply)."""
+    data = _stored_breaker_defaults_data(_engine_or_conn(bind))
+    if data is None:
+        return None
+    known = {f.name for f in fields(BreakerSettings)}
+    return BreakerSettings(**{k: v for k, v in data.items() if k in known})
 
 
 def load_config(bind: Bind) -> ControlConfig:
@@ -218,14 +98,14 @@ def load_config(bind: Bind) -> ControlConfig:
     not.  Raises :class:`ControlError` if the store holds something that does not validate
     (an object saved by hand that a file would have refused), naming every problem.
     """
+    from app.gateway import state
+
     with transaction(_engine_or_conn(bind)) as conn:
-        data = _file_data(conn)
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-    try:
-        return parse_config(text, "store")
-    except ConfigError as exc:
-        problems = "; ".join(p.message for p in exc.problems)
-        raise ControlError(f"the store's control state does not validate: {problems}") from None
+        try:
+            return state.load_config(conn, breakers_default=stored_breaker_defaults(conn))
+        except ConfigError as exc:
+            problems = "; ".join(p.message for p in exc.problems)
+            raise ControlError(f"the store's control state does not validate: {problems}") from None
 
 
 #: The name the CLI uses: ``config export`` is ``load_config`` written out.
@@ -375,7 +255,7 @@ def apply_config(
         for kind in ("route", "budget"):
             upsert(kind)  # type: ignore[arg-type]
             delete(kind)  # type: ignore[arg-type]
-        stored_defaults = _stored_breaker_defaults(conn)
+        stored_defaults = _stored_breaker_defaults_data(conn)
         if not _equal(desired_defaults, stored_defaults or _breaker_defaults_data(BreakerSettings())):
             report.changes.append(Change("update", BREAKER_DEFAULTS, "default"))
             if not dry_run:
