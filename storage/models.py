@@ -347,3 +347,91 @@ BREAKER_OVERRIDES = cast(Table, BreakerOverrideRow.__table__)
 BREAKER_TRANSITIONS = cast(Table, BreakerTransitionRow.__table__)
 AUDIT_LOG = cast(Table, AuditRow.__table__)
 CONTROL_VERSION = cast(Table, ControlVersion.__table__)
+
+
+# --- ingest: quarantine, file positions, source configs, provider usage (migration 0002) ---
+
+
+class QuarantineRow(Base):
+    """A record a source could not read as an event, kept aside with its reason (never dropped).
+
+    ``position`` is where it came from in the source's terms (``line 12 @ byte
+    3456``); ``excerpt`` is bounded (``app.sources.base.EXCERPT_CHARS``) and
+    printable: invalid UTF-8 and NUL are escaped.
+    """
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String)
+    position: Mapped[str] = mapped_column(String)
+    reason: Mapped[str] = mapped_column(Text)
+    excerpt: Mapped[str] = mapped_column(Text)
+    ts: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_quarantine_source_ts", "source", "ts"),)
+
+
+class SourcePositionRow(Base):
+    """How far a file source has read, committed in the same transaction as the events read.
+
+    ``identity`` is the file's ``dev:inode`` (a rotated file is recognised by
+    it, not by its path); ``fingerprint`` hashes the file's first bytes (up to
+    256), which tells a truncated-and-rewritten file from the one we read.
+    """
+
+    __tablename__ = "source_positions"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String, unique=True)
+    identity: Mapped[str] = mapped_column(String)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    fingerprint: Mapped[str] = mapped_column(String, server_default="")
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class SourceConfigRow(Base):
+    """A configured log source: what ``controlroom collect`` and the sources page run."""
+
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # jsonl | otlp | http_poll | usage_api
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    paused: Mapped[bool] = mapped_column(server_default=text("false"))
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ProviderUsageRow(Base):
+    """A provider's own usage/cost figure for one time bucket and model (reconciliation).
+
+    ``bucket_width`` is in seconds (60, 3600, 86400).  ``model`` is the empty
+    string for a figure not broken down by model.  ``cost_usd`` is ``None``
+    when the provider reported usage but no cost for the bucket.
+    """
+
+    __tablename__ = "provider_usage"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String)
+    bucket_start: Mapped[float] = mapped_column(Float)
+    bucket_width: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String, server_default="")
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    requests: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    fetched_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("provider", "bucket_start", "bucket_width", "model"),)
+
+
+QUARANTINE = cast(Table, QuarantineRow.__table__)
+SOURCE_POSITIONS = cast(Table, SourcePositionRow.__table__)
+SOURCES = cast(Table, SourceConfigRow.__table__)
+PROVIDER_USAGE = cast(Table, ProviderUsageRow.__table__)

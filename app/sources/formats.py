@@ -1,0 +1,1096 @@
+"""Record formats: one JSON line (or one decoded OTLP request) in, events and rejections out.
+
+Three families:
+
+- ``event``: our own JSONL event format (:meth:`app.core.event.Event.to_json`),
+  every field of semantics.md section 9.  Only ``ts_start`` is required.
+- ``otlp``: OpenTelemetry GenAI spans.  One JSON line of the Collector's file
+  exporter is one OTLP ``ExportTraceServiceRequest`` (wire-formats.md).
+  :func:`otlp_request_to_events` is also what the OTLP/HTTP receiver uses,
+  for JSON bodies and for protobuf bodies decoded to the same dict shape
+  (``google.protobuf.json_format.MessageToDict``).
+- field mappings: any other JSON log, read through a :class:`FieldMapping`
+  (event field -> JSON path, with unit conversion), given as a file or as a
+  built-in preset (:data:`PRESETS`: ``litellm``, ``openai-response``), so an
+  operator reads an existing service's log without writing code.
+
+A record that cannot be read raises :class:`RecordError` inside a format; the
+line readers turn it into a :class:`~app.sources.base.Rejected` with a reason
+whose category (before the colon) is one of :data:`REASONS`.
+
+Ids: a record with an id of its own keeps it when it already is one of ours
+(32 hex digits), else gets ``derived_event_id(ts, "<kind>:<id>")``; a record
+without one gets ``derived_event_id(ts, key)`` with the caller's position key
+(file fingerprint + byte offset), so re-reading the same file is idempotent.
+An OTLP span's id is derived from its trace and span ids, so the same span
+seen by the receiver and in a file is stored once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.core.event import CacheHit, CostSource, Event, Failure, classify_status
+from app.core.ids import derived_event_id
+from app.core.pricing import price_call
+from app.sources.base import Rejected
+
+#: Reason categories a format or line reader gives (the text before the colon of a reason).
+REASONS: tuple[str, ...] = (
+    "invalid UTF-8",
+    "NUL character",
+    "invalid JSON",
+    "not an object",
+    "missing field",
+    "wrong type",
+    "bad value",
+    "line too long",
+    "truncated line",
+    "store refused",
+)
+
+_HEX32 = re.compile(r"[0-9a-f]{32}")
+
+
+class RecordError(ValueError):
+    """A record that is not an event: ``category`` is one of :data:`REASONS`."""
+
+    def __init__(self, category: str, detail: str) -> None:
+        super().__init__(f"{category}: {detail}")
+        self.category = category
+        self.detail = detail
+
+    @property
+    def reason(self) -> str:
+        return f"{self.category}: {self.detail}"
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What a format made of some records."""
+
+    events: list[Event] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    skipped: int = 0  # records that are fine but not LLM calls (an HTTP span, a metrics line)
+
+
+# --- JSON decoding, shared by the line formats ---------------------------------------------
+
+_loads = json.loads
+
+
+def decode_line(line: bytes) -> Any:
+    """Bytes of one line to a JSON value, or :class:`RecordError` saying what is wrong."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError("invalid UTF-8", f"byte {exc.start}: {exc.reason}") from None
+    if "\x00" in text:
+        raise RecordError("NUL character", f"raw NUL at character {text.index(chr(0))}")
+    try:
+        value = _loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError("invalid JSON", f"{exc.msg} at character {exc.pos}") from None
+    except RecursionError:
+        raise RecordError("invalid JSON", "nested too deeply") from None
+    if "\\u" in text:
+        _check_escapes(text, value)
+    return value
+
+
+def _check_escapes(text: str, value: Any) -> None:
+    # An escaped NUL or a lone surrogate cannot be stored (PostgreSQL text, UTF-8); find them here
+    # rather than by the store refusing a whole batch.
+    lowered = text.lower()
+    if "\\u0000" in lowered:
+        raise RecordError("NUL character", "an escaped NUL (\\u0000) in a string")
+    if "\\ud" in lowered:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise RecordError("invalid UTF-8", "a lone surrogate escape in a string") from None
+
+
+def _number(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RecordError("wrong type", f"{name} must be a number, got {type(value).__name__}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise RecordError("bad value", f"{name} must be finite")
+    return f
+
+
+# --- our own event format ---------------------------------------------------------------
+
+_FAILURES = {f.value: f for f in Failure}
+_COST_SOURCES = {c.value: c for c in CostSource}
+_CACHE_HITS = {c.value: c for c in CacheHit}
+_STR_FIELDS = (
+    "source", "provider", "model", "response_model", "route", "feature", "user", "prompt_name",
+    "error_message", "breaker_state", "input_text", "output_text",
+)  # fmt: skip
+_REQUIRED_STR = frozenset({"source", "provider", "model"})
+_INT_FIELDS = (
+    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+)  # fmt: skip
+_TEXT_LIMIT = 1 << 20  # a sanitized text field longer than this is cut (the row stays readable)
+
+
+def event_from_dict(d: Mapping[str, Any], *, key: str, source: str | None = None) -> Event:
+    """Our own event format (a dict from :meth:`Event.to_dict`) to an :class:`Event`, checked.
+
+    ``key`` gives the record a stable id when it carries none; ``source``, when
+    given, is used if the record names none.  Unknown fields are ignored.
+    Raises :class:`RecordError`.
+    """
+    get = d.get
+    ts_start = get("ts_start")
+    if ts_start is None:
+        raise RecordError("missing field", "ts_start")
+    ts_start = _number(ts_start, "ts_start")
+    latency = get("latency_ms")
+    if latency is not None:
+        latency = _number(latency, "latency_ms")
+        if latency < 0:
+            raise RecordError("bad value", "latency_ms must not be negative")
+    ts_end = get("ts_end")
+    if ts_end is None:
+        ts_end = ts_start + latency / 1000 if latency is not None else ts_start
+    else:
+        ts_end = _number(ts_end, "ts_end")
+    ttft = get("ttft_ms")
+    if ttft is not None:
+        ttft = _number(ttft, "ttft_ms")
+        if ttft < 0:
+            raise RecordError("bad value", "ttft_ms must not be negative")
+    strs: dict[str, str | None] = {}
+    for name in _STR_FIELDS:
+        v = get(name)
+        if v is not None and not isinstance(v, str):
+            raise RecordError("wrong type", f"{name} must be a string, got {type(v).__name__}")
+        strs[name] = v
+    for name in ("input_text", "output_text", "error_message"):
+        v = strs[name]
+        if v is not None and len(v) > _TEXT_LIMIT:
+            strs[name] = v[:_TEXT_LIMIT]
+    ints: dict[str, int] = {}
+    for name in _INT_FIELDS:
+        v = get(name, 0)
+        if v is None:
+            v = 0
+        if type(v) is not int:
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise RecordError("wrong type", f"{name} must be an integer, got {type(v).__name__}")
+        if v < 0 or v > 1 << 53:
+            raise RecordError("bad value", f"{name} out of range: {v}")
+        ints[name] = v
+    failure = _FAILURES.get(get("failure") or "none")
+    if failure is None:
+        raise RecordError("bad value", f"failure {get('failure')!r} is not one of {', '.join(_FAILURES)}")
+    cost_source = _COST_SOURCES.get(get("cost_source") or "estimated")
+    if cost_source is None:
+        raise RecordError("bad value", f"cost_source {get('cost_source')!r}")
+    cache_hit = _CACHE_HITS.get(get("cache_hit") or "none")
+    if cache_hit is None:
+        raise RecordError("bad value", f"cache_hit {get('cache_hit')!r}")
+    cost = get("cost_usd")
+    if cost is not None:
+        cost = _number(cost, "cost_usd")
+    tags = get("tags") or {}
+    if type(tags) is not dict or not all(type(v) is str for v in tags.values()):
+        raise RecordError("wrong type", "tags must be an object of strings")
+    targets = get("targets_tried") or []
+    if type(targets) is not list or not all(type(v) is str for v in targets):
+        raise RecordError("wrong type", "targets_tried must be a list of strings")
+    status = get("status_code")
+    if status is not None and (type(status) is not int or not 0 <= status < 1000):
+        raise RecordError("bad value", f"status_code {status!r}")
+    attempts = get("attempts", 1)
+    if type(attempts) is not int or attempts < 0:
+        raise RecordError("bad value", f"attempts {attempts!r}")
+    prompt_version = get("prompt_version")
+    if prompt_version is not None and (type(prompt_version) is not int or abs(prompt_version) > 1 << 31):
+        raise RecordError("bad value", f"prompt_version {prompt_version!r}")
+    stream = get("stream", False)
+    if type(stream) is not bool:
+        raise RecordError("wrong type", "stream must be true or false")
+    event_id = get("event_id")
+    if event_id is None:
+        event_id = derived_event_id(ts_start, key)
+    elif type(event_id) is not str or not event_id:
+        raise RecordError("wrong type", "event_id must be a non-empty string")
+    elif len(event_id) != 32 or not _HEX32.fullmatch(event_id):
+        event_id = derived_event_id(ts_start, "id:" + event_id)
+    src = strs["source"] or source or "jsonl"
+    return Event(
+        ts_start=ts_start,
+        ts_end=ts_end,
+        source=src,
+        provider=strs["provider"] or "",
+        model=strs["model"] or "",
+        event_id=event_id,
+        response_model=strs["response_model"],
+        route=strs["route"],
+        feature=strs["feature"],
+        user=strs["user"],
+        tags=tags,
+        prompt_name=strs["prompt_name"],
+        prompt_version=prompt_version,
+        stream=stream,
+        status_code=status,
+        failure=failure,
+        error_message=strs["error_message"],
+        attempts=attempts,
+        targets_tried=targets,
+        latency_ms=latency,
+        ttft_ms=ttft,
+        input_tokens=ints["input_tokens"],
+        output_tokens=ints["output_tokens"],
+        cache_read_tokens=ints["cache_read_tokens"],
+        cache_write_tokens=ints["cache_write_tokens"],
+        reasoning_tokens=ints["reasoning_tokens"],
+        cost_usd=cost,
+        cost_source=cost_source,
+        cache_hit=cache_hit,
+        breaker_state=strs["breaker_state"],
+        input_text=strs["input_text"],
+        output_text=strs["output_text"],
+    )
+
+
+# --- cost estimates for formats that carry none -------------------------------------------
+
+
+class _Pricer:
+    """Per-token rates learned once per model from genai-prices (a full lookup is ~100 us)."""
+
+    _UNIT = 10_000
+
+    def __init__(self) -> None:
+        self._rates: dict[tuple[str, str], tuple[float, float, float, float, float] | None] = {}
+
+    def cost(self, model: str, provider: str, i: int, o: int, *, cr: int, cw: int) -> float | None:
+        if not model:
+            return None
+        key = (model, provider)
+        if key not in self._rates:
+            self._rates[key] = self._learn(model, provider)
+        rates = self._rates[key]
+        if rates is None:
+            return None
+        fixed, r_in, r_out, r_cr, r_cw = rates
+        return fixed + max(i - cr - cw, 0) * r_in + o * r_out + cr * r_cr + cw * r_cw
+
+    def _learn(self, model: str, provider: str) -> tuple[float, float, float, float, float] | None:
+        u = self._UNIT
+
+        def p(i: int = 0, o: int = 0, cr: int = 0, cw: int = 0) -> float | None:
+            return price_call(
+                model,
+                provider=provider or None,
+                input_tokens=i,
+                output_tokens=o,
+                cache_read_tokens=cr,
+                cache_write_tokens=cw,
+                input_excludes_cache=False,
+            ).cost_usd
+
+        fixed, inp, out, cr, cw = p(), p(i=u), p(o=u), p(i=u, cr=u), p(i=u, cw=u)
+        if fixed is None or inp is None or out is None or cr is None or cw is None:
+            return None
+        return (fixed, (inp - fixed) / u, (out - fixed) / u, (cr - fixed) / u, (cw - fixed) / u)
+
+
+_pricer = _Pricer()
+
+
+def estimate_cost(
+    model: str,
+    provider: str,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int = 0,
+    cache_write_tokens: int = 0,
+) -> float | None:
+    """Our price estimate for a call (input includes cache reads and writes); ``None`` if unknown."""
+    return _pricer.cost(
+        model, provider, input_tokens, output_tokens, cr=cache_read_tokens, cw=cache_write_tokens
+    )
+
+
+# --- OTLP GenAI spans -------------------------------------------------------------------------
+
+
+def any_value(v: Any) -> Any:
+    """An OTLP ``AnyValue`` (JSON form) as a plain Python value."""
+    if not isinstance(v, dict):
+        return v
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "intValue" in v:
+        try:
+            return int(v["intValue"])
+        except (TypeError, ValueError):
+            return v["intValue"]
+    if "doubleValue" in v:
+        d = v["doubleValue"]
+        try:
+            return float(d)
+        except (TypeError, ValueError):
+            return d
+    if "boolValue" in v:
+        return v["boolValue"]
+    if "arrayValue" in v:
+        arr = v["arrayValue"] or {}
+        return [any_value(x) for x in (arr.get("values") or [])] if isinstance(arr, dict) else []
+    if "kvlistValue" in v:
+        kv = v["kvlistValue"] or {}
+        return attributes(kv.get("values")) if isinstance(kv, dict) else {}
+    if "bytesValue" in v:
+        return v["bytesValue"]
+    return None
+
+
+def attributes(attrs: Any) -> dict[str, Any]:
+    """An OTLP attribute list (``[{key, value}]``) as a dict; malformed entries are ignored."""
+    out: dict[str, Any] = {}
+    if not isinstance(attrs, list):
+        return out
+    for a in attrs:
+        if isinstance(a, dict):
+            k = a.get("key")
+            if isinstance(k, str):
+                out[k] = any_value(a.get("value"))
+    return out
+
+
+def _nanos(value: Any, name: str) -> int:
+    if isinstance(value, bool):
+        raise RecordError("wrong type", f"{name} must be nanoseconds")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    if value is None:
+        raise RecordError("missing field", name)
+    raise RecordError("wrong type", f"{name} must be nanoseconds, got {value!r}"[:200])
+
+
+def _token(attrs: Mapping[str, Any], *names: str) -> int:
+    for n in names:
+        v = attrs.get(n)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int | float) or v < 0 or v > 1 << 53:
+            raise RecordError("bad value", f"{n} must be a non-negative integer, got {v!r}"[:200])
+        return int(v)
+    return 0
+
+
+_ERROR_WORDS: tuple[tuple[str, Failure], ...] = (
+    ("ratelimit", Failure.RATE_LIMITED),
+    ("rate_limit", Failure.RATE_LIMITED),
+    ("toomanyrequests", Failure.RATE_LIMITED),
+    ("overload", Failure.OVERLOADED),
+    ("unavailable", Failure.OVERLOADED),
+    ("timeout", Failure.TIMEOUT),
+    ("timedout", Failure.TIMEOUT),
+    ("deadline", Failure.TIMEOUT),
+    ("connect", Failure.CONNECTION_ERROR),
+    ("badrequest", Failure.CLIENT_ERROR),
+    ("invalidrequest", Failure.CLIENT_ERROR),
+    ("authentication", Failure.CLIENT_ERROR),
+    ("permission", Failure.CLIENT_ERROR),
+    ("notfound", Failure.CLIENT_ERROR),
+    ("unprocessable", Failure.CLIENT_ERROR),
+    ("conflict", Failure.CLIENT_ERROR),
+    ("contentfilter", Failure.GUARDRAIL_BLOCKED),
+)
+
+
+def failure_of_error_type(error_type: str | None, status: int | None = None) -> Failure:
+    """Our failure type for an OTel ``error.type`` (a status code or an exception class name)."""
+    if status is not None and status >= 400:
+        return classify_status(status, error_type)
+    if not error_type:
+        return Failure.SERVER_ERROR
+    if error_type.isdigit():
+        return classify_status(int(error_type))
+    word = error_type.lower().replace("_", "").replace(".", "").replace(" ", "")
+    for needle, failure in _ERROR_WORDS:
+        if needle.replace("_", "") in word:
+            return failure
+    return Failure.SERVER_ERROR
+
+
+def span_is_genai(attrs: Mapping[str, Any]) -> bool:
+    return any(
+        k in attrs
+        for k in ("gen_ai.operation.name", "gen_ai.system", "gen_ai.provider.name", "gen_ai.request.model")
+    )
+
+
+def span_to_event(
+    span: Mapping[str, Any], *, resource: Mapping[str, Any] | None = None, source: str = "otlp"
+) -> Event | None:
+    """One OTLP span (JSON form) to an event; ``None`` for a span that is not a GenAI call.
+
+    Raises :class:`RecordError` for a GenAI span that is malformed (no times,
+    negative tokens).  The event id is derived from the trace and span ids.
+    """
+    attrs = attributes(span.get("attributes"))
+    if not span_is_genai(attrs):
+        return None
+    start_ns = _nanos(span.get("startTimeUnixNano"), "startTimeUnixNano")
+    end_ns = _nanos(span.get("endTimeUnixNano", start_ns), "endTimeUnixNano")
+    if end_ns < start_ns:
+        raise RecordError("bad value", "endTimeUnixNano is before startTimeUnixNano")
+    ts_start, ts_end = start_ns / 1e9, end_ns / 1e9
+    provider = attrs.get("gen_ai.provider.name") or attrs.get("gen_ai.system") or ""
+    name = span.get("name") if isinstance(span.get("name"), str) else ""
+    operation = attrs.get("gen_ai.operation.name") or (name.split(" ", 1)[0] if name else "")
+    model = attrs.get("gen_ai.request.model") or attrs.get("gen_ai.response.model") or ""
+    if not model and name and " " in name:
+        model = name.split(" ", 1)[1]
+    response_model = attrs.get("gen_ai.response.model")
+    for label, value in (("gen_ai.provider.name", provider), ("gen_ai.request.model", model)):
+        if not isinstance(value, str):
+            raise RecordError("wrong type", f"{label} must be a string")
+    input_tokens = _token(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
+    output_tokens = _token(attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens")
+    cache_read = _token(attrs, "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens")
+    cache_write = _token(
+        attrs, "gen_ai.usage.cache_creation.input_tokens", "gen_ai.usage.cache_creation_input_tokens"
+    )
+    reasoning = _token(attrs, "gen_ai.usage.reasoning_tokens", "gen_ai.usage.output_tokens.reasoning")
+    raw_status = span.get("status")
+    status_obj: Mapping[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+    code = status_obj.get("code", 0)
+    if isinstance(code, str):  # ProtoJSON may spell enums by name
+        code = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, 0)
+    http_status = attrs.get("http.response.status_code") or attrs.get("http.status_code")
+    status_code = (
+        int(http_status)
+        if isinstance(http_status, int | float) and not isinstance(http_status, bool)
+        else None
+    )
+    error_type = attrs.get("error.type")
+    error_type = str(error_type) if error_type is not None else None
+    if code == 2 or error_type or (status_code is not None and status_code >= 400):
+        failure = failure_of_error_type(error_type, status_code)
+        message = status_obj.get("message") or error_type or "error"
+        error_message: str | None = str(message)[:1000]
+    else:
+        failure = Failure.NONE
+        error_message = None
+    if status_code is None:
+        status_code = 200 if failure is Failure.NONE else None
+    ttft_s = attrs.get("gen_ai.response.time_to_first_chunk") or attrs.get(
+        "gen_ai.server.time_to_first_token"
+    )
+    ttft_ms = (
+        float(ttft_s) * 1000
+        if isinstance(ttft_s, int | float) and not isinstance(ttft_s, bool) and ttft_s >= 0
+        else None
+    )
+    stream = attrs.get("gen_ai.request.stream")
+    tags: dict[str, str] = {}
+    res = resource or {}
+    if res.get("service.name"):
+        tags["service"] = str(res["service.name"])
+    if operation:
+        tags["operation"] = str(operation)
+    for attr, tag in (("gen_ai.response.id", "response_id"), ("server.address", "server")):
+        if attrs.get(attr) is not None:
+            tags[tag] = str(attrs[attr])
+    finish = attrs.get("gen_ai.response.finish_reasons")
+    if isinstance(finish, list) and finish:
+        tags["finish_reason"] = ",".join(str(x) for x in finish)
+    trace_id, span_id = span.get("traceId") or "", span.get("spanId") or ""
+    if trace_id and span_id:
+        key = f"otlp:{trace_id}:{span_id}"
+    else:
+        key = f"otlp:{ts_start!r}:{name}:{json.dumps(attrs, sort_keys=True, default=str)}"
+    latency_ms = (end_ns - start_ns) / 1e6
+    cost = estimate_cost(
+        model,
+        str(provider),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+    )
+    user = attrs.get("user.id") or attrs.get("enduser.id") or attrs.get("gen_ai.request.user")
+    return Event(
+        ts_start=ts_start,
+        ts_end=ts_end,
+        source=source,
+        provider=str(provider),
+        model=model,
+        event_id=derived_event_id(ts_start, key),
+        response_model=str(response_model) if response_model else None,
+        route=_opt_str(attrs.get("controlroom.route")),
+        feature=_opt_str(attrs.get("controlroom.feature") or attrs.get("app.feature")),
+        user=_opt_str(user),
+        tags=tags,
+        stream=stream is True,
+        status_code=status_code,
+        failure=failure,
+        error_message=error_message,
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        cost_usd=cost,
+        cost_source=CostSource.ESTIMATED,
+    )
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None or v == "" else str(v)
+
+
+def otlp_request_to_events(
+    request: Any, *, source: str = "otlp", position: str = "request", out: Parsed | None = None
+) -> Parsed:
+    """Every GenAI span of one OTLP trace export request (JSON form) as events.
+
+    A malformed span is rejected alone (``position`` + `` span N``); spans that
+    are not GenAI calls are counted in ``skipped``.  A request that is not an
+    object, or has no ``resourceSpans`` list, is one rejection.
+    """
+    out = Parsed() if out is None else out
+    if not isinstance(request, dict):
+        out.rejected.append(
+            Rejected.of(source, position, "not an object: an OTLP request is a JSON object", _short(request))
+        )
+        return out
+    resource_spans = request.get("resourceSpans")
+    if resource_spans is None:
+        if any(k in request for k in ("resourceMetrics", "resourceLogs", "resourceProfiles")):
+            out.skipped += 1  # the collector's file exporter also writes metrics and logs
+            return out
+        out.rejected.append(Rejected.of(source, position, "missing field: resourceSpans", _short(request)))
+        return out
+    if not isinstance(resource_spans, list):
+        out.rejected.append(
+            Rejected.of(source, position, "wrong type: resourceSpans must be a list", _short(request))
+        )
+        return out
+    n = 0
+    for rs in resource_spans:
+        if not isinstance(rs, dict):
+            out.rejected.append(
+                Rejected.of(source, position, "wrong type: a resourceSpans entry", _short(rs))
+            )
+            continue
+        res_obj = rs.get("resource")
+        resource = attributes(res_obj.get("attributes")) if isinstance(res_obj, dict) else {}
+        scopes = rs.get("scopeSpans") or rs.get("instrumentationLibrarySpans") or []
+        if not isinstance(scopes, list):
+            out.rejected.append(
+                Rejected.of(source, position, "wrong type: scopeSpans must be a list", _short(rs))
+            )
+            continue
+        for ss in scopes:
+            spans = ss.get("spans") if isinstance(ss, dict) else None
+            if not isinstance(spans, list):
+                out.rejected.append(
+                    Rejected.of(source, position, "wrong type: spans must be a list", _short(ss))
+                )
+                continue
+            for span in spans:
+                n += 1
+                where = f"{position} span {n}"
+                if not isinstance(span, dict):
+                    out.rejected.append(Rejected.of(source, where, "not an object: a span", _short(span)))
+                    continue
+                try:
+                    event = span_to_event(span, resource=resource, source=source)
+                except RecordError as exc:
+                    out.rejected.append(Rejected.of(source, where, exc.reason, _short(span)))
+                    continue
+                except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+                    out.rejected.append(Rejected.of(source, where, f"bad value: {exc}"[:300], _short(span)))
+                    continue
+                if event is None:
+                    out.skipped += 1
+                else:
+                    out.events.append(event)
+    return out
+
+
+def _short(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=repr)[:4096]
+    except (TypeError, ValueError):
+        return repr(value)[:4096]
+
+
+# --- field mappings ------------------------------------------------------------------------
+
+_TIME_FORMATS = ("auto", "iso", "epoch_s", "epoch_ms", "epoch_us", "epoch_ns")
+_DURATION_UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "ns": 0.000001}
+_TIME_FIELDS = frozenset({"ts_start", "ts_end"})
+_DURATION_FIELDS = frozenset({"latency_ms", "ttft_ms"})
+_MAPPABLE = frozenset(
+    {
+        "event_id", "ts_start", "ts_end", "source", "provider", "model", "response_model", "route",
+        "feature", "user", "prompt_name", "prompt_version", "stream", "status_code", "failure",
+        "error_message", "attempts", "latency_ms", "ttft_ms", "input_tokens", "output_tokens",
+        "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd", "cost_source",
+        "cache_hit", "breaker_state", "tags",
+    }
+)  # fmt: skip
+_PATH_TOKEN = re.compile(r"""\.?([^.\[\]]+)|\[(\d+)\]|\[["']([^"']*)["']\]""")
+
+
+class MappingError(ValueError):
+    """A field mapping (a preset or an operator's file) that cannot work; the message says where."""
+
+
+def compile_path(path: str) -> tuple[str | int, ...]:
+    """``a.b[0].c`` / ``$.a["x.y"]`` to a tuple of keys and indexes."""
+    text = path.strip()
+    if text.startswith("$"):
+        text = text[1:]
+    parts: list[str | int] = []
+    pos = 0
+    while pos < len(text):
+        m = _PATH_TOKEN.match(text, pos)
+        if m is None or m.end() == pos:
+            raise MappingError(f"cannot read JSON path {path!r} at character {pos}")
+        if m.group(1) is not None:
+            parts.append(m.group(1))
+        elif m.group(2) is not None:
+            parts.append(int(m.group(2)))
+        else:
+            parts.append(m.group(3))
+        pos = m.end()
+    if not parts:
+        raise MappingError(f"empty JSON path {path!r}")
+    return tuple(parts)
+
+
+def _resolve(obj: Any, parts: tuple[str | int, ...]) -> Any:
+    for p in parts:
+        if isinstance(p, int):
+            if not isinstance(obj, list) or p >= len(obj):
+                return None
+            obj = obj[p]
+        else:
+            if not isinstance(obj, dict):
+                return None
+            obj = obj.get(p)
+            if obj is None:
+                return None
+    return obj
+
+
+def parse_time(value: Any, fmt: str, name: str) -> float:
+    """A time in ``fmt`` (``iso``, ``epoch_s|ms|us|ns`` or ``auto``) to epoch seconds."""
+    if isinstance(value, str) and fmt in ("auto", "iso"):
+        text = value.strip()
+        if fmt == "auto" and re.fullmatch(r"-?\d+(\.\d+)?", text):
+            return parse_time(float(text), "auto", name)
+        try:
+            t = dt.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+        except ValueError:
+            raise RecordError("bad value", f"{name}: not an ISO 8601 time: {text[:60]!r}") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=dt.UTC)  # a naive time in a log is taken as UTC
+        return t.timestamp()
+    if isinstance(value, str) and re.fullmatch(r"-?\d+(\.\d+)?", value.strip()):
+        value = float(value)
+    n = _number(value, name)
+    if fmt == "auto":
+        a = abs(n)
+        fmt = "epoch_ns" if a > 1e17 else "epoch_us" if a > 1e14 else "epoch_ms" if a > 1e11 else "epoch_s"
+    scale = {"epoch_s": 1.0, "epoch_ms": 1e-3, "epoch_us": 1e-6, "epoch_ns": 1e-9}.get(fmt)
+    if scale is None:
+        raise RecordError("bad value", f"{name}: expected an ISO time, got a number")
+    return n * scale
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one event field is read: from a JSON path, or a constant; with a unit or a value map."""
+
+    path: tuple[str | int, ...] | None = None
+    const: Any = None
+    time: str = "auto"  # for ts_start / ts_end
+    unit: str = "ms"  # for latency_ms / ttft_ms: the unit in the log
+    map: Mapping[str, Any] | None = None  # log value (as a string) -> event value
+
+    def read(self, record: Any) -> Any:
+        v = self.const if self.path is None else _resolve(record, self.path)
+        if v is not None and self.map is not None:
+            key = str(v).lower() if isinstance(v, bool) else str(v)
+            v = self.map.get(key, self.map.get("*", v))
+        return v
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """A named field mapping: event field -> :class:`FieldSpec`.
+
+    Written as data (JSON or YAML), for example::
+
+        name: my-service
+        fields:
+          ts_start: {path: time, time: iso}
+          latency_ms: {path: duration, unit: s}
+          provider: {const: openai}
+          model: request.model
+          status_code: http.status
+          input_tokens: usage.prompt_tokens
+          failure: {path: outcome, map: {ok: none, throttled: rate_limited, "*": server_error}}
+          tags: {path: labels}          # an object of strings
+    """
+
+    name: str
+    fields: Mapping[str, FieldSpec]
+    description: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "mapping") -> FieldMapping:
+        if not isinstance(data, Mapping):
+            raise MappingError(f"{where}: a mapping is an object with 'name' and 'fields'")
+        fields = data.get("fields")
+        if not isinstance(fields, Mapping) or not fields:
+            raise MappingError(f"{where}: 'fields' must be an object of event field -> JSON path")
+        specs: dict[str, FieldSpec] = {}
+        problems: list[str] = []
+        for name, raw in fields.items():
+            if name not in _MAPPABLE:
+                problems.append(f"unknown event field {name!r}")
+                continue
+            try:
+                specs[name] = _spec(name, raw)
+            except MappingError as exc:
+                problems.append(f"{name}: {exc}")
+        if "ts_start" not in specs and "ts_end" not in specs:
+            problems.append("ts_start (or ts_end) must be mapped")
+        if problems:
+            raise MappingError(f"{where}: " + "; ".join(problems))
+        return cls(
+            name=str(data.get("name") or where), fields=specs, description=str(data.get("description", ""))
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> FieldMapping:
+        """A mapping from a ``.json`` or ``.yaml`` file."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise MappingError(f"cannot read the mapping file {path}: {exc.strerror}") from None
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise MappingError(
+                f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}"
+            ) from None
+        return cls.from_dict(data, where=str(path))
+
+    def to_event(self, record: Any, *, key: str, source: str) -> Event:
+        """Read one record (a parsed JSON value) through this mapping.  Raises :class:`RecordError`."""
+        if not isinstance(record, dict):
+            raise RecordError("not an object", f"a {type(record).__name__}")
+        v: dict[str, Any] = {}
+        for name, spec in self.fields.items():
+            value = spec.read(record)
+            if value is None:
+                continue
+            if name in _TIME_FIELDS:
+                value = parse_time(value, spec.time, name)
+            elif name in _DURATION_FIELDS:
+                if isinstance(value, str):
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        raise RecordError("wrong type", f"{name} must be a number") from None
+                value = _number(value, name) * _DURATION_UNITS[spec.unit]
+            v[name] = value
+        if "ts_start" not in v:
+            if "ts_end" not in v:
+                raise RecordError("missing field", "ts_start")
+            v["ts_start"] = v["ts_end"] - v.get("latency_ms", 0.0) / 1000
+        if "ts_end" not in v and "latency_ms" not in v:
+            v["ts_end"] = v["ts_start"]
+        if "latency_ms" not in v and "ts_end" in v:
+            v["latency_ms"] = max(0.0, (v["ts_end"] - v["ts_start"]) * 1000)
+        status = v.get("status_code")
+        if status is not None:
+            try:
+                v["status_code"] = int(status)
+            except (TypeError, ValueError):
+                raise RecordError("wrong type", f"status_code {status!r} is not a number"[:200]) from None
+        if "failure" not in v:
+            if v.get("status_code") is not None:
+                v["failure"] = classify_status(v["status_code"]).value
+            elif v.get("error_message"):
+                v["failure"] = Failure.SERVER_ERROR.value
+        for name in _INT_FIELDS:
+            if name in v and isinstance(v[name], str) and v[name].isdigit():
+                v[name] = int(v[name])
+        for name in ("provider", "model", "route", "feature", "user", "response_model", "error_message"):
+            if name in v and not isinstance(v[name], str):
+                v[name] = str(v[name])
+        if "tags" in v and isinstance(v["tags"], dict):
+            v["tags"] = {str(k): str(x) for k, x in v["tags"].items() if x is not None}
+        if "event_id" in v and not isinstance(v["event_id"], str):
+            v["event_id"] = str(v["event_id"])
+        if "cost_usd" not in v:
+            v["cost_usd"] = estimate_cost(
+                str(v.get("model", "")),
+                str(v.get("provider", "")),
+                input_tokens=_int_or0(v.get("input_tokens")),
+                output_tokens=_int_or0(v.get("output_tokens")),
+                cache_read_tokens=_int_or0(v.get("cache_read_tokens")),
+                cache_write_tokens=_int_or0(v.get("cache_write_tokens")),
+            )
+        if isinstance(v.get("cache_hit"), bool):
+            v["cache_hit"] = "exact" if v["cache_hit"] else "none"
+        return event_from_dict(v, key=key, source=source)
+
+
+def _int_or0(v: Any) -> int:
+    return v if type(v) is int and v >= 0 else 0
+
+
+def _spec(name: str, raw: Any) -> FieldSpec:
+    if isinstance(raw, str):
+        return FieldSpec(path=compile_path(raw))
+    if not isinstance(raw, Mapping):
+        raise MappingError("expected a JSON path or an object with 'path' or 'const'")
+    unknown = set(raw) - {"path", "const", "time", "unit", "map"}
+    if unknown:
+        raise MappingError(f"unknown keys {sorted(unknown)}")
+    if ("path" in raw) == ("const" in raw):
+        raise MappingError("give exactly one of 'path' and 'const'")
+    time_fmt = str(raw.get("time", "auto"))
+    if time_fmt not in _TIME_FORMATS:
+        raise MappingError(f"time must be one of {', '.join(_TIME_FORMATS)}")
+    if "time" in raw and name not in _TIME_FIELDS:
+        raise MappingError("'time' applies to ts_start and ts_end only")
+    unit = str(raw.get("unit", "ms"))
+    if unit not in _DURATION_UNITS:
+        raise MappingError(f"unit must be one of {', '.join(_DURATION_UNITS)}")
+    if "unit" in raw and name not in _DURATION_FIELDS:
+        raise MappingError("'unit' applies to latency_ms and ttft_ms only")
+    value_map = raw.get("map")
+    if value_map is not None and not isinstance(value_map, Mapping):
+        raise MappingError("'map' must be an object of log value -> event value")
+    return FieldSpec(
+        path=compile_path(str(raw["path"])) if "path" in raw else None,
+        const=raw.get("const"),
+        time=time_fmt,
+        unit=unit,
+        map={str(k): v for k, v in value_map.items()} if value_map is not None else None,
+    )
+
+
+#: Built-in mappings for logs operators already have.
+PRESETS: dict[str, FieldMapping] = {
+    # LiteLLM's StandardLoggingPayload (its JSON callback / proxy spend logs).
+    "litellm": FieldMapping.from_dict(
+        {
+            "name": "litellm",
+            "description": "LiteLLM StandardLoggingPayload lines (callbacks, proxy spend logs)",
+            "fields": {
+                "event_id": "id",
+                "ts_start": {"path": "startTime", "time": "auto"},
+                "ts_end": {"path": "endTime", "time": "auto"},
+                "provider": "custom_llm_provider",
+                "model": "model",
+                "route": "model_group",
+                "user": "end_user",
+                "input_tokens": "prompt_tokens",
+                "output_tokens": "completion_tokens",
+                "cost_usd": "response_cost",
+                "cache_hit": "cache_hit",
+                "stream": "stream",
+                "error_message": "error_str",
+                "failure": {"path": "status", "map": {"success": "none", "failure": "server_error"}},
+                "status_code": "error_information.error_code",
+            },
+        },
+        where="preset litellm",
+    ),
+    # Raw OpenAI chat completion responses, one per line (a service that logs what it got back).
+    "openai-response": FieldMapping.from_dict(
+        {
+            "name": "openai-response",
+            "description": "OpenAI chat.completion response objects, one per line",
+            "fields": {
+                "event_id": "id",
+                "ts_start": {"path": "created", "time": "epoch_s"},
+                "provider": {"const": "openai"},
+                "model": "model",
+                "response_model": "model",
+                "input_tokens": "usage.prompt_tokens",
+                "output_tokens": "usage.completion_tokens",
+                "cache_read_tokens": "usage.prompt_tokens_details.cached_tokens",
+                "reasoning_tokens": "usage.completion_tokens_details.reasoning_tokens",
+                "status_code": {"const": 200},
+            },
+        },
+        where="preset openai-response",
+    ),
+}
+
+
+# --- line formats: what the JSONL reader and `controlroom ingest --format` name --------------
+
+
+class LineFormat:
+    """Reads one line (bytes, no newline) into ``out``; a bad line becomes one rejection."""
+
+    name = "base"
+
+    def parse_line(self, line: bytes, *, source: str, key: str, position: str, out: Parsed) -> None:
+        try:
+            self._parse(decode_line(line), source=source, key=key, position=position, out=out)
+        except RecordError as exc:
+            out.rejected.append(Rejected.of(source, position, exc.reason, line))
+
+    def _parse(self, value: Any, *, source: str, key: str, position: str, out: Parsed) -> None:
+        raise NotImplementedError
+
+
+class EventFormat(LineFormat):
+    """Our own event format, one :meth:`Event.to_json` per line."""
+
+    name = "event"
+
+    def parse_line(self, line: bytes, *, source: str, key: str, position: str, out: Parsed) -> None:
+        # Inlined decode_line: this is the ingest hot path.
+        try:
+            text = line.decode("utf-8")
+            d = _loads(text)
+            if type(d) is not dict:
+                raise RecordError("not an object", f"a JSON {type(d).__name__}, not an event object")
+            if "\\u" in text:
+                _check_escapes(text, d)
+            out.events.append(event_from_dict(d, key=key, source=source))
+        except RecordError as exc:
+            out.rejected.append(Rejected.of(source, position, exc.reason, line))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            try:
+                decode_line(line)  # says which
+            except RecordError as exc:
+                out.rejected.append(Rejected.of(source, position, exc.reason, line))
+            else:  # pragma: no cover - decode_line fails wherever the inline path did
+                out.rejected.append(Rejected.of(source, position, "invalid JSON", line))
+
+
+class OtlpFormat(LineFormat):
+    """The OpenTelemetry Collector file exporter: one OTLP JSON export request per line."""
+
+    name = "otlp"
+
+    def _parse(self, value: Any, *, source: str, key: str, position: str, out: Parsed) -> None:
+        otlp_request_to_events(value, source=source, position=position, out=out)
+
+
+class MappedFormat(LineFormat):
+    """Any JSON log, read through a :class:`FieldMapping`."""
+
+    def __init__(self, mapping: FieldMapping) -> None:
+        self.mapping = mapping
+        self.name = mapping.name
+
+    def _parse(self, value: Any, *, source: str, key: str, position: str, out: Parsed) -> None:
+        out.events.append(self.mapping.to_event(value, key=key, source=source))
+
+
+FORMAT_NAMES: tuple[str, ...] = ("event", "otlp", *PRESETS)
+
+
+def get_format(name: str) -> LineFormat:
+    """A format by name (``event``, ``otlp``, a preset) or a mapping file path (``.json``/``.yaml``)."""
+    if name == "event":
+        return EventFormat()
+    if name == "otlp":
+        return OtlpFormat()
+    if name in PRESETS:
+        return MappedFormat(PRESETS[name])
+    path = Path(name)
+    if path.suffix.lower() in (".json", ".yaml", ".yml"):
+        return MappedFormat(FieldMapping.load(path))
+    raise MappingError(
+        f"unknown format {name!r}: use one of {', '.join(FORMAT_NAMES)}, or a mapping file (.json/.yaml)"
+    )
+
+
+def detect_format(lines: Iterable[bytes]) -> LineFormat | None:
+    """Guess a file's format from its first lines; ``None`` when no line looks like a known one."""
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            value = decode_line(line)
+        except RecordError:
+            continue
+        if not isinstance(value, dict):
+            continue
+        if any(k in value for k in ("resourceSpans", "resourceMetrics", "resourceLogs")):
+            return OtlpFormat()
+        if "ts_start" in value and ("event_id" in value or "provider" in value or "model" in value):
+            return EventFormat()
+        if "call_type" in value and ("startTime" in value or "response_cost" in value):
+            return MappedFormat(PRESETS["litellm"])
+        if value.get("object") == "chat.completion" and "usage" in value:
+            return MappedFormat(PRESETS["openai-response"])
+    return None
+
+
+Reader = Callable[[bytes], Any]
+
+__all__ = [
+    "FORMAT_NAMES",
+    "PRESETS",
+    "REASONS",
+    "EventFormat",
+    "FieldMapping",
+    "FieldSpec",
+    "LineFormat",
+    "MappedFormat",
+    "MappingError",
+    "OtlpFormat",
+    "Parsed",
+    "RecordError",
+    "any_value",
+    "attributes",
+    "compile_path",
+    "decode_line",
+    "detect_format",
+    "estimate_cost",
+    "event_from_dict",
+    "failure_of_error_type",
+    "get_format",
+    "otlp_request_to_events",
+    "parse_time",
+    "span_is_genai",
+    "span_to_event",
+]

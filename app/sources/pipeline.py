@@ -1,0 +1,479 @@
+"""The ingest pipeline: the one writer that puts sources' batches into the store.
+
+Every source (JSONL tail, OTLP receiver, HTTP poll, usage APIs) and the gateway
+hand their events to a :class:`Pipeline`.  For each batch, in **one
+transaction**, it:
+
+1. inserts the events, idempotent on ``event_id`` (a replayed batch inserts
+   nothing twice), and learns which of them were new;
+2. folds only the new ones into the per-minute rollups (counters added,
+   latency and TTFT sketches merged: :mod:`storage.queries.rollups`);
+3. stores the batch's rejected records in the quarantine;
+4. saves the batch's read positions (file sources resume from them).
+
+After the commit it feeds the new events to the in-memory live aggregator
+(:class:`app.sources.live.LiveAggregator`) that the live charts read.
+
+A record the store itself refuses (a NUL in a string on PostgreSQL, a value
+SQLite cannot bind) is found by bisection inside the same transaction and
+quarantined with the store's reason; the rest of the batch still lands.  Only
+an unusable store (disk full, connection lost) raises: nothing of that batch
+is committed, so the source can retry it.
+
+Two ways in:
+
+- :meth:`Pipeline.write` — synchronous, in the caller's thread (one-shot
+  ingest, tests);
+- :meth:`Pipeline.submit` / :meth:`Pipeline.submit_async` — queued to the
+  writer thread (``controlroom-ingest-writer``), which coalesces small batches
+  from many sources into large transactions (the store's rate lives on batch
+  size).  Start it with :meth:`Pipeline.start`, stop it with :meth:`Pipeline.stop`
+  (or use the pipeline as a context manager).
+
+Example::
+
+    with open_store(url) as store, Pipeline(store, live=LiveAggregator()) as pipeline:
+        result = await pipeline.submit_async(Batch(events=[...], rejected=[...]))
+        print(result.ingested, result.duplicates, result.rejected, result.reasons)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
+
+from app.core.event import Event
+from app.sources.base import Batch, Position, excerpt_of
+from storage.engine import Store, transaction
+from storage.models import EVENTS
+from storage.queries.events import insert_events
+from storage.queries.positions import load_position, save_positions
+from storage.queries.quarantine import insert_quarantined
+from storage.queries.rollups import accumulate, merge_rollups
+
+if TYPE_CHECKING:
+    from app.sources.live import LiveAggregator
+
+log = logging.getLogger(__name__)
+
+#: Events per transaction the writer thread aims for when coalescing queued batches.
+DEFAULT_MAX_BATCH = 20_000
+#: Events the writer thread's queue holds before ``submit`` waits (backpressure).
+DEFAULT_QUEUE_EVENTS = 200_000
+
+# Ids checked per query when a batch holds some already-stored events.
+_LOOKUP_CHUNK = 500
+
+
+class StoreUnavailable(Exception):
+    """The store could not take the batch (disk full, locked too long, connection lost).
+
+    Nothing of the batch was committed; the source may retry it.  Raised from
+    :meth:`Pipeline.write` and set on a :meth:`Pipeline.submit` future.
+    """
+
+
+class PipelineStopped(RuntimeError):
+    """The batch was submitted after :meth:`Pipeline.stop` (or before :meth:`Pipeline.start`)."""
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What became of a batch (or, in :attr:`Pipeline.totals`, of everything so far)."""
+
+    ingested: int = 0  # newly stored events
+    duplicates: int = 0  # events already stored, or repeated within the batch
+    rejected: int = 0  # records quarantined (from the source, or refused by the store)
+    reasons: dict[str, int] = field(default_factory=dict)  # rejected per reason category
+
+    def add(self, other: WriteResult) -> None:
+        self.ingested += other.ingested
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        for k, v in other.reasons.items():
+            self.reasons[k] = self.reasons.get(k, 0) + v
+
+    def copy(self) -> WriteResult:
+        return WriteResult(self.ingested, self.duplicates, self.rejected, dict(self.reasons))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``controlroom ingest --json`` shape."""
+        return {
+            "ingested": self.ingested,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "reasons": dict(sorted(self.reasons.items())),
+        }
+
+
+def _is_store_failure(exc: BaseException) -> bool:
+    """True when the store itself is the problem, not the record being written."""
+    return isinstance(exc, OperationalError | InterfaceError | InternalError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    inner = orig if orig is not None else exc
+    text = str(inner).splitlines()[0] if str(inner) else type(inner).__name__
+    return f"{type(inner).__name__}: {text}"[:500]
+
+
+def _event_excerpt(e: object) -> str:
+    try:
+        if isinstance(e, Event):
+            return excerpt_of(json.dumps(e.to_dict(), ensure_ascii=False, default=repr))
+    except (TypeError, ValueError):
+        pass
+    return excerpt_of(repr(e))
+
+
+class Pipeline:
+    """The one writer: batches into the store with rollups, quarantine and positions, then live.
+
+    Thread-safe: :meth:`write` may be called from any thread (calls are
+    serialised); :meth:`submit` queues for the writer thread.
+    """
+
+    def __init__(
+        self,
+        store: Store | Engine,
+        *,
+        live: LiveAggregator | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        queue_events: int = DEFAULT_QUEUE_EVENTS,
+    ) -> None:
+        self.engine: Engine = store.engine if isinstance(store, Store) else store
+        self.live = live
+        self.max_batch = max_batch
+        self.queue_events = queue_events
+        self._write_lock = threading.Lock()
+        self._totals = WriteResult()
+        self._totals_lock = threading.Lock()
+        self._queue: collections.deque[tuple[Batch, concurrent.futures.Future[WriteResult]]] = (
+            collections.deque()
+        )
+        self._queued_events = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # -- synchronous --------------------------------------------------------------------
+    def write(self, batch: Batch) -> WriteResult:
+        """Write one batch in one transaction and return what became of it.
+
+        Raises :class:`StoreUnavailable` when the store cannot take it (nothing
+        committed).  Bad records never raise: they are counted and quarantined.
+        """
+        with self._write_lock:
+            results, new_events = self._write_many([batch])
+        if self.live is not None and new_events:
+            self.live.add(new_events)
+        return results[0]
+
+    def write_events(self, events: Sequence[Event]) -> WriteResult:
+        """Shorthand for ``write(Batch(events=list(events)))`` (the gateway's path)."""
+        return self.write(Batch(events=list(events)))
+
+    @property
+    def totals(self) -> WriteResult:
+        """Everything written through this pipeline so far."""
+        with self._totals_lock:
+            return self._totals.copy()
+
+    def load_position(self, source: str) -> Position | None:
+        """The committed read position of a file source, or ``None`` when it never committed one."""
+        stored = load_position(self.engine, source)
+        if stored is None:
+            return None
+        return Position(stored.source, stored.identity, stored.offset, stored.fingerprint)
+
+    # -- the writer thread --------------------------------------------------------------
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        with self._cond:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="controlroom-ingest-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Write what is queued, then stop the writer thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"the ingest writer did not finish its queue within {timeout} s")
+        self._thread = None
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def submit(self, batch: Batch, *, block: bool = True) -> concurrent.futures.Future[WriteResult]:
+        """Queue a batch for the writer thread; the future gives its :class:`WriteResult`.
+
+        Waits while the queue is full (backpressure) unless ``block=False``, in
+        which case the batch is queued anyway.  Raises :class:`PipelineStopped`
+        when the writer is not running.
+        """
+        future: concurrent.futures.Future[WriteResult] = concurrent.futures.Future()
+        size = max(len(batch), 1)
+        with self._cond:
+            while True:
+                if self._stopping or self._thread is None:
+                    raise PipelineStopped("the ingest pipeline is not running; call start() first")
+                if not block or self._queued_events + size <= self.queue_events or not self._queue:
+                    break
+                self._cond.wait()
+            self._queue.append((batch, future))
+            self._queued_events += size
+            self._cond.notify_all()
+        return future
+
+    async def submit_async(self, batch: Batch) -> WriteResult:
+        """Queue a batch and await its result without blocking the event loop."""
+        with self._cond:
+            room = self._queued_events + len(batch) <= self.queue_events or not self._queue
+        if room:
+            future = self.submit(batch, block=False)
+        else:
+            future = await asyncio.to_thread(self.submit, batch)
+        return await asyncio.wrap_future(future)
+
+    async def __call__(self, batch: Batch) -> WriteResult:
+        """A pipeline is a :class:`app.sources.base.BatchSink`."""
+        return await self.submit_async(batch)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything queued so far is written (or failed)."""
+        with self._cond:
+            pending = [f for _, f in self._queue]
+        concurrent.futures.wait(pending, timeout=timeout)
+        # The batch being written when we looked is not in the queue any more.
+        with self._write_lock:
+            pass
+
+    def _take(self) -> list[tuple[Batch, concurrent.futures.Future[WriteResult]]] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            taken = [self._queue.popleft()]
+            n = len(taken[0][0])
+            while self._queue and n + len(self._queue[0][0]) <= self.max_batch:
+                item = self._queue.popleft()
+                n += len(item[0])
+                taken.append(item)
+            self._queued_events -= sum(max(len(b), 1) for b, _ in taken)
+            self._cond.notify_all()
+            return taken
+
+    def _run(self) -> None:
+        while (taken := self._take()) is not None:
+            batches = [b for b, _ in taken]
+            futures = [f for _, f in taken]
+            try:
+                with self._write_lock:
+                    results, new_events = self._write_many(batches)
+            except BaseException as exc:
+                for f in futures:
+                    if not f.cancelled():
+                        f.set_exception(exc)
+                if not isinstance(exc, StoreUnavailable):
+                    log.exception("ingest writer failed on a batch")
+                continue
+            if self.live is not None and new_events:
+                try:
+                    self.live.add(new_events)
+                except Exception:  # the live view must never stop ingest
+                    log.exception("live aggregator failed")
+            for f, r in zip(futures, results, strict=True):
+                if not f.cancelled():
+                    f.set_result(r)
+
+    # -- the write itself ---------------------------------------------------------------
+    def _write_many(self, batches: Sequence[Batch]) -> tuple[list[WriteResult], list[Event]]:
+        """Write batches in one transaction; per-batch results and the newly stored events."""
+        # In-batch duplicates: the first occurrence wins, across the coalesced batches.
+        seen: set[str] = set()
+        unique: list[Event] = []
+        owner: list[int] = []  # index of the batch each unique event came from
+        results = [WriteResult() for _ in batches]
+        for i, b in enumerate(batches):
+            before = len(seen)
+            events = b.events
+            ids = [e.event_id for e in events] if events else []
+            seen.update(ids)
+            if len(seen) - before == len(events):
+                unique.extend(events)
+                owner.extend([i] * len(events))
+            else:  # the slow path only when the batch repeats itself
+                seen_here: set[str] = set()
+                for e in events:
+                    if e.event_id in seen_here:
+                        results[i].duplicates += 1
+                        continue
+                    seen_here.add(e.event_id)
+                    unique.append(e)
+                    owner.append(i)
+                # seen holds the same ids; only earlier batches' repeats remain to drop.
+        if len(batches) > 1:
+            unique, owner = self._drop_cross_batch_repeats(unique, owner, results)
+        try:
+            with transaction(self.engine, write=True) as conn:
+                new, refused = self._insert(conn, unique)
+                if new:
+                    merge_rollups(conn, accumulate(new))
+                quarantined: list[tuple[str, str, str, str, float | None]] = []
+                for b, r in zip(batches, results, strict=True):
+                    for rej in b.rejected:
+                        quarantined.append((rej.source, rej.position, rej.reason, rej.excerpt, rej.ts))
+                        r.rejected += 1
+                        cat = rej.category
+                        r.reasons[cat] = r.reasons.get(cat, 0) + 1
+                index_of = {id(e): k for k, e in enumerate(unique)} if refused else {}
+                for e, why in refused:
+                    source = getattr(e, "source", "") or "unknown"
+                    quarantined.append(
+                        (str(source), f"event {getattr(e, 'event_id', '?')}", f"store refused: {why}",
+                         _event_excerpt(e), None)
+                    )  # fmt: skip
+                    r = results[owner[index_of[id(e)]]]
+                    r.rejected += 1
+                    r.reasons["store refused"] = r.reasons.get("store refused", 0) + 1
+                if quarantined:
+                    insert_quarantined(conn, quarantined)
+                positions = [
+                    (p.source, p.identity, p.offset, p.fingerprint) for b in batches for p in b.positions
+                ]
+                if positions:
+                    save_positions(conn, positions)
+        except SQLAlchemyError as exc:
+            if _is_store_failure(exc):
+                raise StoreUnavailable(f"the store could not take the batch: {_describe(exc)}") from exc
+            raise
+        # Attribute new and already-stored events to the batches they came from.
+        if len(new) == len(unique):
+            if len(batches) == 1:
+                results[0].ingested += len(new)
+            else:
+                for i, n in collections.Counter(owner).items():
+                    results[i].ingested += n
+        else:
+            new_ids = {id(e) for e in new}
+            refused_ids = {id(e) for e, _ in refused}
+            for e, i in zip(unique, owner, strict=True):
+                if id(e) in new_ids:
+                    results[i].ingested += 1
+                elif id(e) not in refused_ids:
+                    results[i].duplicates += 1
+        total = WriteResult()
+        for r in results:
+            total.add(r)
+        with self._totals_lock:
+            self._totals.add(total)
+        return results, new
+
+    @staticmethod
+    def _drop_cross_batch_repeats(
+        unique: list[Event], owner: list[int], results: list[WriteResult]
+    ) -> tuple[list[Event], list[int]]:
+        ids = [e.event_id for e in unique]
+        if len(set(ids)) == len(ids):
+            return unique, owner
+        seen: set[str] = set()
+        keep_e: list[Event] = []
+        keep_o: list[int] = []
+        for e, i, eid in zip(unique, owner, ids, strict=True):
+            if eid in seen:
+                results[i].duplicates += 1
+                continue
+            seen.add(eid)
+            keep_e.append(e)
+            keep_o.append(i)
+        return keep_e, keep_o
+
+    def _insert(
+        self, conn: Connection, events: list[Event], depth: int = 0
+    ) -> tuple[list[Event], list[tuple[Event, str]]]:
+        """Insert events (ids unique within the list); return (newly stored, refused with reason).
+
+        The common cases cost one ``executemany``: all new, or all already
+        stored.  A mix is rolled back to a savepoint and redone with only the
+        ids the store lacks.  A failing insert is bisected down to the records
+        the store refuses; an unusable store raises.
+        """
+        if not events:
+            return [], []
+        savepoint = conn.begin_nested()
+        try:
+            result = insert_events(conn, events)
+        except (SQLAlchemyError, TypeError, ValueError, UnicodeError, OverflowError) as exc:
+            savepoint.rollback()
+            if isinstance(exc, SQLAlchemyError) and _is_store_failure(exc):
+                raise
+            if len(events) == 1:
+                return [], [(events[0], _describe(exc))]
+            mid = len(events) // 2
+            new_a, bad_a = self._insert(conn, events[:mid], depth)
+            new_b, bad_b = self._insert(conn, events[mid:], depth)
+            return new_a + new_b, bad_a + bad_b
+        if result.inserted == len(events):
+            savepoint.commit()
+            return events, []
+        if result.inserted == 0:
+            savepoint.commit()
+            return [], []
+        savepoint.rollback()
+        stored = self._stored_ids(conn, [e.event_id for e in events])
+        fresh = [e for e in events if e.event_id not in stored]
+        if depth >= 3:  # pragma: no cover - another writer keeps racing us on the same ids
+            raise StoreUnavailable("another writer keeps storing the same events; retry the batch")
+        return self._insert(conn, fresh, depth + 1)
+
+    @staticmethod
+    def _stored_ids(conn: Connection, ids: list[str]) -> set[str]:
+        out: set[str] = set()
+        col = EVENTS.c.event_id
+        for i in range(0, len(ids), _LOOKUP_CHUNK):
+            chunk = ids[i : i + _LOOKUP_CHUNK]
+            out.update(conn.execute(select(col).where(col.in_(chunk))).scalars())
+        return out
+
+
+def ingest_iter(pipeline: Pipeline, batches: Iterable[Batch]) -> WriteResult:
+    """Write batches one after another with :meth:`Pipeline.write`; the summed result."""
+    total = WriteResult()
+    for b in batches:
+        total.add(pipeline.write(b))
+    return total
+
+
+__all__ = [
+    "DEFAULT_MAX_BATCH",
+    "Pipeline",
+    "PipelineStopped",
+    "StoreUnavailable",
+    "WriteResult",
+    "ingest_iter",
+]

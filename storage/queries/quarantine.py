@@ -1,0 +1,123 @@
+"""The quarantine: records a source could not read, kept aside with their reason.
+
+Nothing bad is dropped silently (product.md, "Bad input and faults"): every
+rejected record is a row here, with its source, where in the source it was,
+why, a bounded excerpt, and when.  The pipeline writes them in the same
+transaction as the batch they came with.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, func, select
+
+from storage.engine import transaction
+from storage.models import QUARANTINE
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantinedRecord:
+    id: int
+    source: str
+    position: str
+    reason: str
+    excerpt: str
+    ts: float
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text holds no NUL; a lone surrogate cannot be encoded as UTF-8.
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return text
+
+
+def insert_quarantined(
+    bind: Engine | Connection, records: Iterable[tuple[str, str, str, str, float | None]]
+) -> int:
+    """Store ``(source, position, reason, excerpt, ts)`` tuples; ``ts=None`` means now.
+
+    Text is made storable on every backend (NUL and lone surrogates escaped).
+    Returns how many rows were written.
+    """
+    now = time.time()
+    rows = [
+        {
+            "source": _clean(s),
+            "position": _clean(p),
+            "reason": _clean(r),
+            "excerpt": _clean(e),
+            "ts": now if ts is None else ts,
+        }
+        for s, p, r, e, ts in records
+    ]
+    if not rows:
+        return 0
+    with transaction(bind, write=True) as conn:
+        conn.execute(QUARANTINE.insert(), rows)
+    return len(rows)
+
+
+def count_quarantined(bind: Engine | Connection, source: str | None = None) -> int:
+    stmt = select(func.count()).select_from(QUARANTINE)
+    if source is not None:
+        stmt = stmt.where(QUARANTINE.c.source == source)
+    with transaction(bind) as conn:
+        return int(conn.execute(stmt).scalar_one())
+
+
+def quarantine_reasons(bind: Engine | Connection, source: str | None = None) -> dict[str, int]:
+    """Rows per reason category (the reason's text before its first colon)."""
+    stmt = select(QUARANTINE.c.reason)
+    if source is not None:
+        stmt = stmt.where(QUARANTINE.c.source == source)
+    out: dict[str, int] = {}
+    with transaction(bind) as conn:
+        for (reason,) in conn.execute(stmt):
+            category = reason.split(":", 1)[0].strip()
+            out[category] = out.get(category, 0) + 1
+    return out
+
+
+def fetch_quarantined(
+    bind: Engine | Connection,
+    *,
+    source: str | None = None,
+    limit: int = 100,
+    before_id: int | None = None,
+) -> list[QuarantinedRecord]:
+    """Newest first; page with ``before_id`` = the last record's id."""
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    c = QUARANTINE.c
+    stmt = select(c.id, c.source, c.position, c.reason, c.excerpt, c.ts)
+    if source is not None:
+        stmt = stmt.where(c.source == source)
+    if before_id is not None:
+        stmt = stmt.where(c.id < before_id)
+    stmt = stmt.order_by(c.id.desc()).limit(limit)
+    with transaction(bind) as conn:
+        return [QuarantinedRecord(*row) for row in conn.execute(stmt)]
+
+
+def delete_quarantined_before(bind: Engine | Connection, ts: float) -> int:
+    """Retention: drop records quarantined before ``ts``."""
+    with transaction(bind, write=True) as conn:
+        return int(conn.execute(QUARANTINE.delete().where(QUARANTINE.c.ts < ts)).rowcount)
+
+
+__all__ = [
+    "QuarantinedRecord",
+    "count_quarantined",
+    "delete_quarantined_before",
+    "fetch_quarantined",
+    "insert_quarantined",
+    "quarantine_reasons",
+]
