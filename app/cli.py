@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, metavar="N")
 
     _add_gateway_parsers(sub)
+    _add_ingest_parser(sub)
     return parser
 
 
@@ -125,6 +126,22 @@ def _add_gateway_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
         )
 
 
+def _add_ingest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``ingest``: one-shot ingest of log files."""
+    ingest = sub.add_parser(
+        "ingest", help="read log files into the store once; prints ingested, duplicate and rejected counts"
+    )
+    ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    _add_store(ingest)
+    ingest.add_argument(
+        "--format",
+        metavar="NAME",
+        help="event, otlp, litellm, openai-response, or a field-mapping file (.json/.yaml); "
+        "default: detected from each file's first lines",
+    )
+    ingest.add_argument("--json", action="store_true", help="print one JSON object with the counts")
+
+
 def _add_ui_arguments(parser: argparse.ArgumentParser) -> None:
     _add_store(parser)
     parser.add_argument(
@@ -166,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_config(args)
     if command == "breaker":
         return _cmd_breaker(args)
+    if command == "ingest":
+        return _cmd_ingest(args)
     parser.print_help()
     return EXIT_USAGE
 
@@ -446,3 +465,39 @@ def _cmd_breaker(args: argparse.Namespace) -> int:
     except (control.ControlError, StoreError) as exc:
         print(f"controlroom: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+# -- ingest ------------------------------------------------------------------------------------
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    import json
+
+    from app.sources.formats import MappingError, get_format
+    from app.sources.jsonl import ingest_files
+    from app.sources.pipeline import Pipeline, StoreUnavailable
+    from storage import StoreError, open_store
+
+    try:
+        fmt = get_format(args.format) if args.format else None
+    except MappingError as exc:
+        print(f"controlroom: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        store = open_store(args.store)
+    except StoreError as exc:
+        print(f"controlroom: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        with store, Pipeline(store) as pipeline:
+            report = ingest_files(pipeline, list(args.paths), fmt)
+    except StoreUnavailable as exc:
+        print(f"controlroom: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for error in report.errors:
+        print(f"controlroom: {error}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        print(f"ingested {report.ingested:,}, duplicates {report.duplicates:,}, rejected {report.rejected:,}")
+        for reason, n in sorted(report.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {reason}: {n:,}")
+    return EXIT_FAILURE if report.errors else EXIT_OK

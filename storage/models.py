@@ -368,8 +368,14 @@ class QuarantineRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     excerpt: Mapped[str] = mapped_column(Text)
     ts: Mapped[float] = mapped_column(Float)
+    #: Names the record within its source (a file's fingerprint and byte offset): re-reading a
+    #: file quarantines each bad line once.  ``None``: no stable name; always kept.
+    record_key: Mapped[str | None] = mapped_column(String)
 
-    __table_args__ = (Index("ix_quarantine_source_ts", "source", "ts"),)
+    __table_args__ = (
+        Index("ix_quarantine_source_ts", "source", "ts"),
+        UniqueConstraint("source", "record_key"),
+    )
 
 
 class SourcePositionRow(Base):

@@ -64,6 +64,9 @@ class Rejected:
     reason: str
     excerpt: str
     ts: float = field(default_factory=time.time)
+    #: A stable name of the record within its source (file fingerprint + byte offset), so a
+    #: re-read quarantines it once; ``None`` when there is none.
+    key: str | None = None
 
     @property
     def category(self) -> str:
@@ -71,9 +74,11 @@ class Rejected:
         return self.reason.split(":", 1)[0].strip()
 
     @classmethod
-    def of(cls, source: str, position: str, reason: str, raw: bytes | str) -> Rejected:
+    def of(
+        cls, source: str, position: str, reason: str, raw: bytes | str, key: str | None = None
+    ) -> Rejected:
         """A rejection with a bounded excerpt of ``raw``."""
-        return cls(source=source, position=position, reason=reason, excerpt=excerpt_of(raw))
+        return cls(source=source, position=position, reason=reason, excerpt=excerpt_of(raw), key=key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -209,6 +209,11 @@ class Pipeline:
             self._thread = threading.Thread(target=self._run, name="controlroom-ingest-writer", daemon=True)
             self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """True while the writer thread takes submitted batches."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
     def stop(self, timeout: float | None = 30.0) -> None:
         """Write what is queued, then stop the writer thread."""
         with self._cond:
@@ -344,10 +349,12 @@ class Pipeline:
                 new, refused = self._insert(conn, unique)
                 if new:
                     merge_rollups(conn, accumulate(new))
-                quarantined: list[tuple[str, str, str, str, float | None]] = []
+                quarantined: list[tuple[str, str, str, str, float | None, str | None]] = []
                 for b, r in zip(batches, results, strict=True):
                     for rej in b.rejected:
-                        quarantined.append((rej.source, rej.position, rej.reason, rej.excerpt, rej.ts))
+                        quarantined.append(
+                            (rej.source, rej.position, rej.reason, rej.excerpt, rej.ts, rej.key)
+                        )
                         r.rejected += 1
                         cat = rej.category
                         r.reasons[cat] = r.reasons.get(cat, 0) + 1
@@ -356,7 +363,7 @@ class Pipeline:
                     source = getattr(e, "source", "") or "unknown"
                     quarantined.append(
                         (str(source), f"event {getattr(e, 'event_id', '?')}", f"store refused: {why}",
-                         _event_excerpt(e), None)
+                         _event_excerpt(e), None, f"event:{getattr(e, 'event_id', '?')}")
                     )  # fmt: skip
                     r = results[owner[index_of[id(e)]]]
                     r.rejected += 1

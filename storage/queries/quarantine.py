@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.engine import transaction
 from storage.models import QUARANTINE
@@ -40,29 +42,37 @@ def _clean(text: str) -> str:
 
 
 def insert_quarantined(
-    bind: Engine | Connection, records: Iterable[tuple[str, str, str, str, float | None]]
+    bind: Engine | Connection,
+    records: Iterable[
+        tuple[str, str, str, str, float | None] | tuple[str, str, str, str, float | None, str | None]
+    ],
 ) -> int:
-    """Store ``(source, position, reason, excerpt, ts)`` tuples; ``ts=None`` means now.
+    """Store ``(source, position, reason, excerpt, ts[, record_key])`` tuples; ``ts=None`` means now.
 
-    Text is made storable on every backend (NUL and lone surrogates escaped).
-    Returns how many rows were written.
+    A record whose ``(source, record_key)`` is already quarantined is skipped
+    (re-reading a file quarantines each bad line once); a ``None`` key is
+    always stored.  Text is made storable on every backend (NUL and lone
+    surrogates escaped).  Returns how many rows were written.
     """
     now = time.time()
     rows = [
         {
-            "source": _clean(s),
-            "position": _clean(p),
-            "reason": _clean(r),
-            "excerpt": _clean(e),
-            "ts": now if ts is None else ts,
+            "source": _clean(rec[0]),
+            "position": _clean(rec[1]),
+            "reason": _clean(rec[2]),
+            "excerpt": _clean(rec[3]),
+            "ts": now if rec[4] is None else rec[4],
+            "record_key": _clean(rec[5]) if len(rec) > 5 and rec[5] is not None else None,
         }
-        for s, p, r, e, ts in records
+        for rec in records
     ]
     if not rows:
         return 0
     with transaction(bind, write=True) as conn:
-        conn.execute(QUARANTINE.insert(), rows)
-    return len(rows)
+        insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        stmt = insert(QUARANTINE).on_conflict_do_nothing(index_elements=["source", "record_key"])
+        result = conn.execute(stmt, rows)
+    return int(result.rowcount) if result.rowcount is not None and result.rowcount >= 0 else len(rows)
 
 
 def count_quarantined(bind: Engine | Connection, source: str | None = None) -> int:

@@ -37,7 +37,9 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("excerpt", sa.Text(), nullable=False),
         sa.Column("ts", sa.Float(), nullable=False),
+        sa.Column("record_key", sa.String(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_quarantine"),
+        sa.UniqueConstraint("source", "record_key", name="uq_quarantine_source_record_key"),
     )
     op.create_index("ix_quarantine_source_ts", "quarantine", ["source", "ts"])
     op.create_table(
