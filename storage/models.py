@@ -441,3 +441,134 @@ QUARANTINE = cast(Table, QuarantineRow.__table__)
 SOURCE_POSITIONS = cast(Table, SourcePositionRow.__table__)
 SOURCES = cast(Table, SourceConfigRow.__table__)
 PROVIDER_USAGE = cast(Table, ProviderUsageRow.__table__)
+
+
+# --- history tiers: cube rollups, per-user rollups, dirty blocks, outliers (migration 0003) ---
+
+#: A tier dimension value meaning "every value" (the cube's roll-up of that dimension).
+ALL = "*"
+
+#: Seconds of the blocks that ``rollup_dirty`` marks (triggers on ``rollup_minute``).
+DIRTY_BLOCK_S = 300
+
+
+class _TierMeasures:
+    """The measure columns of :class:`RollupMinute`, counts as 64-bit (a day of a cube adds up)."""
+
+    n_requests: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_timeout: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_rate_limited: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_overloaded: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_server_error: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_client_error: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_connection_error: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_breaker_open: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_budget_blocked: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_guardrail_blocked: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_quality_fail: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_cache_hits: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    n_cost_unknown: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    cost_usd: Mapped[float] = mapped_column(Float, server_default=_ZERO)
+    latency_n: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    latency_sum_ms: Mapped[float] = mapped_column(Float, server_default=_ZERO)
+    latency_sketch: Mapped[bytes | None] = mapped_column(LargeBinary)
+    ttft_n: Mapped[int] = mapped_column(BigInteger, server_default=_ZERO)
+    ttft_sum_ms: Mapped[float] = mapped_column(Float, server_default=_ZERO)
+    ttft_sketch: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class RollupTier(_TierMeasures, Base):
+    """History at a coarser grain (60, 300, 3600 or 86400 s), as a cube over the four dimensions.
+
+    Each dimension is a value or :data:`ALL`, so "model gpt-4o on every route"
+    is one row per bucket, not one per route and feature.  Built from
+    ``rollup_minute`` by ``storage.queries.compaction``; read by
+    ``storage.queries.series``.  The percentile columns are the row's own
+    sketch's, so a chart at the tier's own step decodes no sketch.
+    """
+
+    __tablename__ = "rollup_tier"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    grain: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[float] = mapped_column(Float)
+    provider: Mapped[str] = mapped_column(String)
+    model: Mapped[str] = mapped_column(String)
+    route: Mapped[str] = mapped_column(String)
+    feature: Mapped[str] = mapped_column(String)
+    latency_p50: Mapped[float | None] = mapped_column(Float)
+    latency_p95: Mapped[float | None] = mapped_column(Float)
+    latency_p99: Mapped[float | None] = mapped_column(Float)
+    ttft_p50: Mapped[float | None] = mapped_column(Float)
+    ttft_p95: Mapped[float | None] = mapped_column(Float)
+    ttft_p99: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (
+        UniqueConstraint("grain", "provider", "model", "route", "feature", "bucket"),
+        Index("ix_rollup_tier_grain_bucket", "grain", "bucket"),
+    )
+
+
+class RollupUser(_TierMeasures, Base):
+    """The same figures per user and key (not a cube: users are unbounded), built from events."""
+
+    __tablename__ = "rollup_user"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    grain: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[float] = mapped_column(Float)
+    user: Mapped[str] = mapped_column(String)
+    provider: Mapped[str] = mapped_column(String)
+    model: Mapped[str] = mapped_column(String)
+    route: Mapped[str] = mapped_column(String)
+    feature: Mapped[str] = mapped_column(String)
+
+    __table_args__ = (
+        UniqueConstraint("grain", "user", "bucket", "provider", "model", "route", "feature"),
+        Index("ix_rollup_user_grain_bucket", "grain", "bucket"),
+    )
+
+
+class RollupDirty(Base):
+    """A 5-minute block whose minute rows changed since the tiers were built (grain 300, set by
+    triggers on ``rollup_minute``), or a day whose day rows wait for a rebuild (grain 86400)."""
+
+    __tablename__ = "rollup_dirty"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    grain: Mapped[int] = mapped_column(Integer)
+    bucket: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("grain", "bucket"),)
+
+
+class OutlierRow(Base):
+    """A request far above its route's usual tokens or latency (kind ``tokens`` or ``latency``)."""
+
+    __tablename__ = "outliers"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[float] = mapped_column(Float, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    provider: Mapped[str] = mapped_column(String)
+    model: Mapped[str] = mapped_column(String)
+    route: Mapped[str] = mapped_column(String)
+    feature: Mapped[str] = mapped_column(String)
+    user: Mapped[str | None] = mapped_column(String)
+    value: Mapped[float] = mapped_column(Float)
+    baseline: Mapped[float] = mapped_column(Float)
+    ratio: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("event_id", "kind"),)
+
+
+ROLLUP_TIER = cast(Table, RollupTier.__table__)
+ROLLUP_USER = cast(Table, RollupUser.__table__)
+ROLLUP_DIRTY = cast(Table, RollupDirty.__table__)
+OUTLIERS = cast(Table, OutlierRow.__table__)
