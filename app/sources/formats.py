@@ -28,6 +28,8 @@ seen by the receiver and in a file is stored once.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import math
@@ -617,7 +619,7 @@ def span_to_event(
     finish = attrs.get("gen_ai.response.finish_reasons")
     if isinstance(finish, list) and finish:
         tags["finish_reason"] = ",".join(str(x) for x in finish)
-    trace_id, span_id = span.get("traceId") or "", span.get("spanId") or ""
+    trace_id, span_id = _hex_id(span.get("traceId")), _hex_id(span.get("spanId"))
     if trace_id and span_id:
         key = f"otlp:{trace_id}:{span_id}"
     else:
@@ -658,6 +660,18 @@ def span_to_event(
         cost_usd=cost,
         cost_source=CostSource.ESTIMATED,
     )
+
+
+def _hex_id(value: Any) -> str:
+    """A trace or span id as lowercase hex: OTLP JSON writes hex, ``MessageToDict`` writes base64."""
+    if not isinstance(value, str) or not value:
+        return ""
+    if len(value) in (16, 32) and all(c in "0123456789abcdefABCDEF" for c in value):
+        return value.lower()
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return value
 
 
 def _opt_str(v: Any) -> str | None:
@@ -1064,7 +1078,8 @@ PRESETS: dict[str, FieldMapping] = {
                 "cache_hit": "cache_hit",
                 "stream": "stream",
                 "error_message": "error_str",
-                "failure": {"path": "status", "map": {"success": "none", "failure": "server_error"}},
+                # A failure's type comes from its error code (408 -> timeout), else server_error.
+                "failure": {"path": "status", "map": {"success": "none", "failure": None}},
                 "status_code": "error_information.error_code",
             },
         },

@@ -145,7 +145,7 @@ class LineReader:
             n = len(line)
             if n > limit:
                 out.too_long.append((off, line[:8192], n))
-            elif n:
+            elif n and (line[0] > 32 or line.strip()):  # blank lines are not records
                 if line[-1:] != b"\r":
                     lines.append((off, line))
                 elif n > 1:  # CRLF line endings
