@@ -520,7 +520,7 @@ class JsonlTail:
                 self._error(f"waiting for {self.path} to appear")
                 return None
             self._start_fresh()
-            return None
+            return self._read(self._cur, final_if_eof=False) if self._cur is not None else None
         size = os.fstat(cur.f.fileno()).st_size
         replaced = bool(cur.fingerprint) and read_fingerprint(cur.f) != cur.fingerprint
         if size < cur.reader.offset + len(cur.reader.pending) or replaced:

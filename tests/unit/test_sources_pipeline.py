@@ -127,7 +127,7 @@ def test_a_record_the_store_refuses_is_found_and_quarantined_alone(store: Store)
     events = make_events(50)
     bad = make_events(1, start=T0 + 5000, seed=9)[0]
     bad.model = {"not": "a string"}  # type: ignore[assignment]  # what a buggy source might hand over
-    result = Pipeline(store).write(Batch(events[:20] + [bad] + events[20:]))
+    result = Pipeline(store).write(Batch([*events[:20], bad, *events[20:]]))
     assert (result.ingested, result.rejected, result.reasons) == (50, 1, {"store refused": 1})
     assert count_events(store.engine) == 50
     check_rollups_match_events(store, events)

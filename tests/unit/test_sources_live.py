@@ -1,0 +1,148 @@
+"""The live aggregator: per-second figures for the last 15 minutes, by any filter."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from app.core.event import CacheHit, Event, Failure
+from app.sources.live import ALL, LiveAggregator, LiveFilter
+
+NOW = 1_780_000_000.0
+
+
+class Clock:
+    def __init__(self, t: float = NOW) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ev(ts_end: float, **kw: object) -> Event:
+    fields: dict[str, object] = {
+        "ts_start": ts_end - 0.5,
+        "ts_end": ts_end,
+        "provider": "openai",
+        "model": "m1",
+    }
+    fields.update(kw)
+    return Event(**fields)  # type: ignore[arg-type]
+
+
+def test_counts_land_in_their_second_with_every_figure() -> None:
+    live = LiveAggregator(clock=Clock())
+    live.add(
+        [
+            ev(NOW - 1.5, latency_ms=100.0, ttft_ms=20.0, input_tokens=10, output_tokens=5, cost_usd=0.5),
+            ev(NOW - 1.1, failure=Failure.TIMEOUT, latency_ms=300.0, cost_usd=None, cache_hit=CacheHit.EXACT),
+            ev(NOW + 0.2, failure=Failure.RATE_LIMITED, latency_ms=50.0),
+        ]
+    )
+    s = live.series(seconds=5)
+    assert s.t.tolist() == [NOW - 4, NOW - 3, NOW - 2, NOW - 1, NOW]
+    assert s.requests.tolist() == [0, 0, 2, 0, 1]
+    assert s.failures[Failure.TIMEOUT].tolist() == [0, 0, 1, 0, 0]
+    assert s.failures[Failure.RATE_LIMITED].tolist() == [0, 0, 0, 0, 1]
+    assert s.errors.tolist() == [0, 0, 1, 0, 1]
+    assert Failure.NONE not in s.failures
+    assert s.input_tokens[2] == 10 and s.output_tokens[2] == 5 and s.cost_usd[2] == 0.5
+    assert s.cost_unknown[2] == 1 and s.cache_hits[2] == 1
+    assert s.latency_ms[0.5][2] == 100.0 and s.latency_ms[0.99][2] == 300.0
+    assert s.ttft_ms[0.5][2] == 20.0 and math.isnan(s.ttft_ms[0.5][4])
+    assert math.isnan(s.latency_ms[0.95][0])
+
+
+def test_filters_pick_their_traffic() -> None:
+    live = LiveAggregator(clock=Clock())
+    live.add(
+        [
+            ev(NOW, provider="openai", model="a", route="r1", feature="f1", user="u1", latency_ms=10.0),
+            ev(NOW, provider="anthropic", model="b", route="r2", feature="f2", user="u2", latency_ms=20.0),
+            ev(NOW, provider="anthropic", model="b", route=None, feature=None, user=None, latency_ms=30.0),
+        ]
+    )
+    assert live.series(seconds=1).requests[-1] == 3
+    assert live.series(LiveFilter(provider="anthropic"), seconds=1).requests[-1] == 2
+    assert live.series(LiveFilter(provider="anthropic", user="u2"), seconds=1).requests[-1] == 1
+    assert live.series(LiveFilter(model="a", feature="f2"), seconds=1).requests[-1] == 0
+    assert live.series(LiveFilter(route="r1"), seconds=1).latency_ms[0.5][-1] == 10.0
+    assert live.dimension_values("provider") == ["anthropic", "openai"]
+    assert live.dimension_values("user") == ["u1", "u2"]
+    with pytest.raises(ValueError, match="not a live dimension"):
+        live.dimension_values("colour")
+
+
+def test_the_window_slides_and_old_or_future_events_are_not_shown() -> None:
+    clock = Clock()
+    live = LiveAggregator(window_s=10, clock=clock)
+    assert live.add([ev(NOW - 9), ev(NOW - 10), ev(NOW + 60), ev(NOW)]) == 2
+    assert live.skipped == 2
+    clock.t = NOW + 5
+    s = live.series()
+    assert len(s.t) == 10 and s.t[-1] == NOW + 5
+    assert s.requests.sum() == 1  # NOW - 9 slid out of the window
+    # A slot of the ring re-used by a later second starts empty.
+    live.add([ev(NOW + 1), ev(NOW + 1)])
+    clock.t = NOW + 11
+    live.add([ev(NOW + 11)])  # the slot NOW + 1 had
+    assert live.series().requests.tolist() == [0] * 9 + [1]
+    assert live.add([ev(NOW + 1)]) == 0  # out of the window now
+
+
+def test_cached_seconds_are_recomputed_when_they_change() -> None:
+    live = LiveAggregator(clock=Clock())
+    live.add([ev(NOW - 1, latency_ms=100.0)])
+    assert live.series(seconds=3).requests.tolist() == [0, 1, 0]
+    live.add([ev(NOW - 1, latency_ms=500.0), ev(NOW - 1, latency_ms=600.0)])  # a late arrival
+    s = live.series(seconds=3)
+    assert s.requests.tolist() == [0, 3, 0] and s.latency_ms[0.5][1] == 500.0
+    # Other filters are cached independently and agree.
+    assert live.series(LiveFilter(provider="openai"), seconds=3).requests.tolist() == [0, 3, 0]
+
+
+def test_sampled_percentiles_stay_close_and_weighted() -> None:
+    rng = random.Random(3)
+    live = LiveAggregator(reservoir=256, clock=Clock(), seed=1)
+    fast = [rng.lognormvariate(5, 0.3) for _ in range(20_000)]  # one cell: sampled down to 256
+    slow = [rng.lognormvariate(8, 0.3) for _ in range(200)]  # another cell: kept whole
+    live.add([ev(NOW, model="fast", latency_ms=v) for v in fast])
+    live.add([ev(NOW, model="slow", latency_ms=v) for v in slow])
+    values = np.array(fast + slow)
+    s = live.series(seconds=1)
+    assert s.requests[-1] == 20_200
+    for q in (0.5, 0.95):
+        exact = float(np.quantile(values, q))
+        assert s.latency_ms[q][-1] == pytest.approx(exact, rel=0.1)
+    # Unweighted, the 200 slow values would be 44% of the samples and drag p95 far up.
+    assert s.latency_ms[0.95][-1] < float(np.quantile(slow, 0.05))
+    headline = live.percentiles(seconds=60)
+    assert headline[0.5] == pytest.approx(float(np.quantile(values, 0.5)), rel=0.1)
+
+
+def test_add_and_series_from_two_threads() -> None:
+    live = LiveAggregator(clock=Clock())
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                live.series(seconds=60)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=reader, name="controlroom-test-reader")
+    t.start()
+    try:
+        for i in range(50):
+            live.add([ev(NOW - (i % 30), latency_ms=float(j)) for j in range(200)])
+    finally:
+        stop.set()
+        t.join()
+    assert not errors
+    assert live.series(ALL, seconds=60).requests.sum() == 10_000
