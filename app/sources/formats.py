@@ -123,6 +123,8 @@ def decode_line(line: bytes) -> Any:
         raise RecordError("invalid JSON", f"{exc.msg} (character {exc.pos})") from None
     except RecursionError:
         raise RecordError("invalid JSON", "nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (int_max_str_digits)
+        raise RecordError("invalid JSON", str(exc).split(";")[0]) from None
     if "\\u" in text:
         _check_escapes(text, value)
     return value

@@ -186,7 +186,12 @@ def parse_lines(
     out = Parsed() if out is None else out
     parse = fmt.parse_line
     for off, line in chunk.lines:
-        parse(line, source=source, key=f"{fingerprint}:{off}", position=f"byte {off}", out=out)
+        key = f"{fingerprint}:{off}"
+        try:
+            parse(line, source=source, key=key, position=f"byte {off}", out=out)
+        except Exception as exc:  # a format's bug must cost one line, never the rest of the file
+            log.exception("format %s failed on a line of %s", fmt.name, source)
+            out.rejected.append(Rejected.of(source, f"byte {off}", f"bad value: {exc}"[:300], line, key))
     for off, head, length in chunk.too_long:
         reason = f"line too long: {length:,} bytes, over the limit of {chunk.limit:,}"
         out.rejected.append(Rejected.of(source, f"byte {off}", reason, head, f"{fingerprint}:{off}"))

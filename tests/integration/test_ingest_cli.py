@@ -1,0 +1,175 @@
+"""`controlroom ingest` end to end: real files, a real SQLite store, the store's own counts.
+
+The malformed corpus (tests/data/malformed.jsonl, plus large and binary files
+made here) must ingest with no crash, every bad line counted in the report
+and kept in the quarantine, every good line stored once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.cli import main
+from app.core.event import Event
+from app.core.ids import new_event_id
+from storage import open_store
+from storage.queries.events import count_events
+from storage.queries.quarantine import count_quarantined, quarantine_reasons
+from storage.queries.rollups import rollup_totals
+
+DATA = Path(__file__).parent.parent / "data"
+ROOT = Path(__file__).parent.parent.parent
+T0 = 1_780_000_000.0
+
+# tests/data/malformed.jsonl, line by line: 3 good events (one with CRLF), one duplicate, a blank
+# line, and one bad line per reason.
+MALFORMED_REASONS = {
+    "invalid JSON": 1,
+    "not an object": 1,
+    "missing field": 1,
+    "wrong type": 3,
+    "bad value": 2,
+    "invalid UTF-8": 2,
+    "NUL character": 2,
+    "truncated line": 1,
+}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any], str]:
+    code = main(["ingest", *args, "--json"])
+    out, err = capsys.readouterr()
+    return code, json.loads(out), err
+
+
+def good_line(i: int) -> bytes:
+    ts = T0 + i
+    return (
+        Event(
+            ts_start=ts,
+            ts_end=ts + 0.3,
+            provider="openai",
+            model="m",
+            event_id=new_event_id(ts),
+            latency_ms=300.0,
+        )
+        .to_json()
+        .encode()
+    )
+
+
+def test_the_malformed_corpus_is_counted_and_quarantined(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    code, report, err = run_cli(capsys, str(DATA / "malformed.jsonl"), "--store", url)
+    assert code == 0, err
+    assert report == {"ingested": 3, "duplicates": 1, "rejected": 13, "reasons": MALFORMED_REASONS}
+    with open_store(url) as store:
+        assert count_events(store.engine) == 3
+        assert rollup_totals(store.engine).requests == 3
+        assert quarantine_reasons(store.engine) == MALFORMED_REASONS
+    # Again: everything is a duplicate, and the quarantine keeps each bad line once.
+    code, report, _ = run_cli(capsys, str(DATA / "malformed.jsonl"), "--store", url)
+    assert (code, report["ingested"], report["duplicates"], report["rejected"]) == (0, 0, 4, 13)
+    with open_store(url) as store:
+        assert count_events(store.engine) == 3 and count_quarantined(store.engine) == 13
+
+
+def test_huge_binary_and_rotated_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = random.Random(5)
+    good = [good_line(i) for i in range(40)]
+    huge_valid = json.loads(good_line(100)) | {
+        "output_text": "y" * (10 << 20)
+    }  # a 10 MB event: kept, text cut
+    bad: list[bytes] = [
+        b"{" + b"x" * (10 << 20),  # a 10 MB line that is not JSON
+        b"\xff" + bytes(rng.randrange(256) for _ in range(5000)).replace(b"\n", b"") + b"\x00",  # binary
+        b"\x00" * 1000,  # NUL bytes
+        b'{"ts_start": ' + b"1" * 5000 + b"}",  # a number too big for a float
+        b'{"ts_start": 1e999}',  # infinity
+        b'{"ts_start": 1780000000, "prompt_version": 99999999999999}',  # out of range
+    ]
+    current, rotated = tmp_path / "app.jsonl", tmp_path / "app.jsonl.1"
+    rotated.write_bytes(b"\n".join(good[:20] + bad[:3]) + b"\n")
+    # The live file: the rest, a 17 MB line over the limit, and a last line cut by a crash.
+    current.write_bytes(
+        b"\n".join([*good[20:], *bad[3:], json.dumps(huge_valid).encode(), b'"' + b"z" * (17 << 20) + b'"'])
+        + b"\n"
+        + good_line(200)[:50]
+    )
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    code, report, err = run_cli(capsys, str(rotated), str(current), "--store", url, "--format", "event")
+    assert code == 0, err
+    assert report["ingested"] == 41 and report["duplicates"] == 0
+    assert report["rejected"] == 8
+    assert report["reasons"] == {
+        "invalid JSON": 2,  # the 10 MB line, and the 5,000-digit number
+        "invalid UTF-8": 1,  # the binary line
+        "NUL character": 1,
+        "bad value": 2,  # infinity, prompt_version out of range
+        "line too long": 1,
+        "truncated line": 1,
+    }
+    with open_store(url) as store:
+        assert count_events(store.engine) == 41
+        assert count_quarantined(store.engine) == 8
+        assert rollup_totals(store.engine).requests == 41
+
+
+def test_formats_are_detected_per_file_and_a_mapping_file_works(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    code, report, err = run_cli(
+        capsys, str(DATA / "otlp_collector.jsonl"), str(DATA / "litellm_payloads.jsonl"), "--store", url
+    )
+    assert code == 0, err
+    assert (report["ingested"], report["rejected"]) == (3 + 2, 1)
+    code, report, err = run_cli(
+        capsys,
+        str(DATA / "service_log.jsonl"),
+        "--format",
+        str(DATA / "service_mapping.yaml"),
+        "--store",
+        url,
+    )
+    assert (code, report["ingested"], report["rejected"]) == (0, 2, 1)
+
+
+def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    code, report, err = run_cli(
+        capsys, str(tmp_path / "nope.jsonl"), str(DATA / "malformed.jsonl"), "--store", url
+    )
+    assert code == 1 and "nope.jsonl: No such file or directory" in err
+    assert report["ingested"] == 3  # the other file was read
+    code, _, err = run_cli(capsys, str(DATA / "service_log.jsonl"), "--store", url)
+    assert code == 1 and "cannot tell the format" in err
+    assert main(["ingest", str(DATA / "malformed.jsonl"), "--format", "nonsense", "--store", url]) == 2
+    assert "unknown format 'nonsense'" in capsys.readouterr().err
+
+
+def test_text_output_and_the_real_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "app", "ingest", str(DATA / "malformed.jsonl"), "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "ingested 3, duplicates 1, rejected 13"
+    assert "  wrong type: 3" in lines
