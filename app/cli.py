@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_gateway_parsers(sub)
     _add_ingest_parser(sub)
+    _add_collect_parser(sub)
     return parser
 
 
@@ -142,6 +143,37 @@ def _add_ingest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     ingest.add_argument("--json", action="store_true", help="print one JSON object with the counts")
 
 
+def _add_collect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``collect``: run the configured sources headless."""
+    collect = sub.add_parser(
+        "collect",
+        help="run the configured sources headless (OTLP receiver, file tails, HTTP polls, usage APIs) until stopped",
+    )
+    _add_store(collect)
+    collect.add_argument(
+        "--otlp",
+        nargs="?",
+        const="127.0.0.1:4318",
+        metavar="HOST:PORT",
+        help="also receive OTLP/HTTP traces here (default when given without a value: 127.0.0.1:4318)",
+    )
+    collect.add_argument(
+        "--config",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a YAML/JSON file with a 'sources:' list, besides the sources in the store (repeatable)",
+    )
+    collect.add_argument(
+        "--status-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="print every source's status this often (0: only at start)",
+    )
+
+
 def _add_ui_arguments(parser: argparse.ArgumentParser) -> None:
     _add_store(parser)
     parser.add_argument(
@@ -185,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_breaker(args)
     if command == "ingest":
         return _cmd_ingest(args)
+    if command == "collect":
+        return _cmd_collect(args)
     parser.print_help()
     return EXIT_USAGE
 
@@ -501,3 +535,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         for reason, n in sorted(report.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
             print(f"  {reason}: {n:,}")
     return EXIT_FAILURE if report.errors else EXIT_OK
+
+
+# -- collect -----------------------------------------------------------------------------------
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from app.sources.collector import run_collect
+
+    return run_collect(
+        args.store, otlp=args.otlp, config_files=args.config, status_every_s=args.status_every or None
+    )
