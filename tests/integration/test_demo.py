@@ -1,0 +1,183 @@
+"""Demo mode headless: the simulator, traffic through the in-process gateway, the pipeline, the history.
+
+Real parts only: the simulator on 127.0.0.1, the gateway, the ingest pipeline, a SQLite file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from app.core.breaker import BreakerState
+from app.core.event import Failure
+from app.demo import Demo, WeatherPhase, WeatherSchedule, demo_config, load_weather, parse_weather
+from app.sim.traffic import TrafficProfile
+from app.sources.live import LiveAggregator
+from storage.engine import Store, open_store
+from storage.queries.control import list_breaker_transitions
+from storage.queries.events import EventFilter, count_events
+from storage.queries.rollups import rollup_totals
+
+FAST = TrafficProfile(base_rps=25.0, peak_rps=40.0, period_s=20.0, long_prompt_share=0.05)
+CALM = WeatherSchedule((WeatherPhase("instant", 600.0),), loop=False)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    yield s
+    s.close()
+
+
+async def wait_for(cond: Callable[[], bool], timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.05)
+    return cond()
+
+
+def test_shipped_config_and_weather_are_valid() -> None:
+    cfg = demo_config("http://127.0.0.1:1/v1", "http://127.0.0.1:1")
+    assert {p.name for p in cfg.providers} == {"openai-sim", "anthropic-sim"}
+    assert all(p.base_url and p.base_url.startswith("http://127.0.0.1:1") for p in cfg.providers)
+    assert {r.name for r in cfg.routes} == {"default", "search", "summarize"}
+    assert cfg.budgets and all(b.warn_at for b in cfg.budgets)
+    weather = load_weather()
+    names = [p.name for p in weather.phases]
+    assert {"degraded", "rate-limited", "primary-outage"} <= set(names)
+    # Every kind of weather shows within the first minute.
+    assert sum(p.seconds for p in weather.phases[: names.index("primary-outage")]) < 60
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([], "expected a mapping"),
+        ({"phases": []}, "non-empty list"),
+        ({"phases": [{"scenario": "healthy"}]}, "phase 1: `seconds`"),
+        ({"phases": [{"scenario": "", "seconds": 3}]}, "phase 1: `scenario`"),
+        ({"phases": [{"scenario": "healthy", "seconds": 2}, "x"]}, "phase 2"),
+    ],
+)
+def test_bad_weather_says_where(data: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_weather(data)
+
+
+def test_live_traffic_reaches_the_store_and_the_live_aggregator_then_stops(store: Store) -> None:
+    live = LiveAggregator()
+
+    async def main() -> None:
+        demo = Demo(store, live, seed=3, profile=FAST, weather=CALM, backfill_hours=0)
+        await demo.start()
+        try:
+            assert await wait_for(lambda: live.added >= 40 and demo.status().written >= 40), demo.status()
+            st = demo.status()
+            assert st.running and st.traffic and st.weather == "instant"
+            assert st.sim_url is not None and st.sim_url.startswith("http://127.0.0.1:")
+            stored = count_events(store.engine, EventFilter(source="demo"))
+            assert stored >= 40
+            routes = {
+                r
+                for r in ("default", "search", "summarize")
+                if count_events(store.engine, EventFilter(route=r))
+            }
+            assert len(routes) >= 2
+            assert rollup_totals(store.engine).requests == stored  # the pipeline wrote rollups too
+
+            await demo.stop_traffic()
+            st = demo.status()
+            assert not st.traffic and st.weather is None
+            after = count_events(store.engine)
+            assert after == st.events == st.written, "every recorded event is stored after stop_traffic"
+            sent = st.sent
+            await asyncio.sleep(0.5)
+            assert demo.status().sent == sent
+            assert count_events(store.engine) == after, "events arrived after the traffic stopped"
+        finally:
+            await demo.aclose()
+        assert not demo.status().running
+
+    asyncio.run(main())
+
+
+def test_outage_weather_opens_the_primary_breaker(store: Store) -> None:
+    weather = WeatherSchedule(
+        (WeatherPhase("instant", 0.5), WeatherPhase("primary-outage", 600.0)), loop=False
+    )
+
+    async def main() -> None:
+        demo = Demo(store, None, seed=4, profile=FAST, weather=weather, backfill_hours=0)
+        async with demo:
+            gw = demo.gateway
+            assert gw is not None
+
+            def primary_open() -> bool:
+                return any(
+                    s.target == "fast" and s.state is BreakerState.OPEN for s in gw.breaker_snapshots()
+                )
+
+            assert await wait_for(primary_open, 20.0), [(s.target, s.state) for s in gw.breaker_snapshots()]
+            assert demo.status().weather == "primary-outage"
+            # Traffic moved to the fallback: requests on the default route are answered by Anthropic.
+            assert await wait_for(lambda: gw.stats().requests.get(("default", "quick", "none"), 0) > 0, 10.0)
+            await demo.flush()
+        transitions = list_breaker_transitions(store.engine)
+        assert any(t.target == "fast" and t.to_state == "open" for t in transitions)
+
+    asyncio.run(main())
+
+
+def test_backfill_writes_a_day_of_rollups_once(store: Store) -> None:
+    demo = Demo(store, None, seed=0)
+    now = 1_790_000_000.0
+    first = demo.backfill(24, now=now)
+    assert 40_000 <= first.generated <= 110_000
+    assert first.ingested == first.generated and first.duplicates == 0
+    totals = rollup_totals(store.engine)
+    assert totals.requests == first.generated
+    assert totals.cost_usd > 0 and totals.input_tokens > 0
+    # History holds incidents, so the failure charts have something to show.
+    assert totals.failures[Failure.OVERLOADED.value] > 0
+    assert totals.failures[Failure.RATE_LIMITED.value] > 0
+    assert totals.failures[Failure.TIMEOUT.value] > 0
+    # The whole day is covered, minute by minute.
+    span = rollup_totals(store.engine, since=now - 24 * 3600 - 60, until=now)
+    assert span.requests == first.generated
+    assert (
+        rollup_totals(store.engine, since=now - 24 * 3600 + 3600, until=now - 23 * 3600 + 3600).requests > 0
+    )
+    assert rollup_totals(store.engine, since=now - 3600, until=now).requests > 0
+
+    # A second start five minutes later adds only the five new minutes (the last hour is enough to show it).
+    second = demo.backfill(1, now=now + 300)
+    assert second.ingested > 0 and second.ingested < 2_000
+    assert second.duplicates == second.generated - second.ingested
+    assert count_events(store.engine) == first.generated + second.ingested
+    assert rollup_totals(store.engine).requests == first.generated + second.ingested
+
+
+def test_a_second_demo_start_does_not_duplicate_history(store: Store) -> None:
+    async def once() -> tuple[int, int]:
+        demo = Demo(store, None, seed=0, profile=FAST, weather=CALM, backfill_hours=2)
+        await demo.start()
+        try:
+            async with asyncio.timeout(60):
+                result = await demo.wait_backfilled()
+        finally:
+            await demo.aclose()
+        assert result is not None
+        return result.generated, result.ingested
+
+    gen1, new1 = asyncio.run(once())
+    assert new1 == gen1 > 0
+    gen2, new2 = asyncio.run(once())
+    assert gen2 >= gen1 - 200
+    assert new2 < 300, "the second start wrote the history again"  # only the minutes that passed in between
+    assert rollup_totals(store.engine, until=time.time() - 600).requests < gen1 + 300
