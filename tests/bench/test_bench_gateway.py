@@ -1,0 +1,373 @@
+"""The gateway's figures (issue item 5): the latency it adds, the rate one process sustains, and how
+long a breaker flip takes to be obeyed by another process.  Run with ``make bench``.
+
+Set-up, all real and on loopback: the simulator in its own process (``python -m app.sim``, scenario
+``instant``: it answers at once), one gateway in its own process (``python -m app gateway``) on a
+SQLite store with one route ``default -> [fast, strong]`` (events are written, as in production),
+and the load generator here: one aiohttp session, N workers sending non-streaming chat requests
+back to back (closed loop).
+
+- Added latency: the same requests straight to the simulator, then through the gateway, at 1, 50
+  and 200 concurrent requests; p50 and p99 of each, and the differences (target: p50 <= 1 ms and
+  p99 <= 5 ms at 200).  Also the gateway's own time per request from its ``server-timing`` header
+  (its wall time minus the provider call's) and its CPU time per request (from /proc): the client
+  and three processes share this machine's cores, so under saturation the end-to-end difference
+  is mostly queueing for a CPU, while the CPU time per request is what the gateway itself costs.
+- Throughput: requests/s through one gateway process at 200 concurrent requests.
+- Breaker flip -> enforcement in the other process: ``control.set_breaker`` here (a separate
+  process from the gateway), then requests until the gateway answers from the fallback; 20 flips
+  (open and back to auto), p50 / p99 / max (target: p99 <= 1 s).
+- Server stack: the same trivial JSON handler on aiohttp.web and on uvicorn + Starlette (h11):
+  the measurement behind the choice of aiohttp.web.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from app.core.config import parse_config
+from app.gateway import control
+from storage.engine import open_store
+
+SIM_KEY_ENV = "CONTROLROOM_BENCH_SIM_KEY"
+BODY = {
+    "messages": [
+        {"role": "system", "content": "You are a concise assistant for an operations team."},
+        {"role": "user", "content": "Summarize the last deployment in two sentences."},
+    ],
+}
+CONCURRENCY = (1, 50, 200)
+REQUESTS = {1: 1500, 50: 6000, 200: 8000}
+WARMUP = 300
+FLIPS = 20
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Proc:
+    url: str
+    pid: int
+
+
+def _spawn(argv: list[str], pattern: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    m = re.search(pattern, line)
+    if m is None:
+        proc.kill()
+        raise AssertionError(f"{argv[2:4]} did not start: {line!r}")
+    return proc, m.group(1)
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", SIM_KEY_ENV: "sk-bench-key"}
+
+
+@pytest.fixture(scope="module")
+def sim(env: dict[str, str]) -> Iterator[Proc]:
+    proc, url = _spawn(
+        [sys.executable, "-m", "app.sim", "--listen", "127.0.0.1:0", "--scenario", "instant", "--seed", "1"],
+        r" on (http://\S+)",
+        env,
+    )
+    try:
+        yield Proc(url, proc.pid)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def store_url(sim: Proc, tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('bench') / 'gateway.db'}"
+    text = textwrap.dedent(
+        f"""\
+        providers:
+          - {{name: sim-openai, kind: openai, base_url: "{sim.url}/v1", api_key: "env:{SIM_KEY_ENV}"}}
+          - {{name: sim-anthropic, kind: anthropic, base_url: "{sim.url}", api_key: "env:{SIM_KEY_ENV}"}}
+        targets:
+          - {{name: fast, provider: sim-openai, model: gpt-4o-mini}}
+          - {{name: strong, provider: sim-anthropic, model: claude-haiku-4-5}}
+        routes:
+          - name: default
+            rules:
+              - chain: [fast, strong]
+        """
+    )
+    with open_store(url) as s:
+        control.apply_config(s, parse_config(text, "bench.yaml"), actor="bench")
+    return url
+
+
+@pytest.fixture(scope="module")
+def gateway(store_url: str, env: dict[str, str]) -> Iterator[Proc]:
+    proc, url = _spawn(
+        [sys.executable, "-m", "app", "gateway", "--listen", "127.0.0.1:0", "--store", store_url],
+        r"listening on (http://\S+)",
+        env,
+    )
+    try:
+        yield Proc(url, proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+@dataclass
+class Run:
+    latencies_ms: list[float]
+    gateway_ms: list[float]  # from server-timing, when present
+    seconds: float
+    targets: dict[str, int]
+
+    def q(self, p: float) -> float:
+        xs = sorted(self.latencies_ms)
+        return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+    def gq(self, p: float) -> float:
+        xs = sorted(self.gateway_ms)
+        return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies_ms) / self.seconds
+
+
+_TIMING = re.compile(r"gateway;dur=([0-9.]+)")
+
+
+async def _load(url: str, model: str, concurrency: int, n: int, warmup: int = WARMUP) -> Run:
+    body = json.dumps({**BODY, "model": model}).encode()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-key"}
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    latencies: list[float] = []
+    gateway_ms: list[float] = []
+    targets: dict[str, int] = {}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        endpoint = url + "/v1/chat/completions"
+
+        async def one(record: bool) -> None:
+            t = time.perf_counter()
+            async with session.post(endpoint, data=body, headers=headers) as r:
+                await r.read()
+                assert r.status == 200, await r.text()
+                timing = r.headers.get("server-timing")
+                target = r.headers.get("x-controlroom-target", "-")
+            if record:
+                latencies.append((time.perf_counter() - t) * 1000.0)
+                if timing:
+                    m = _TIMING.search(timing)
+                    if m:
+                        gateway_ms.append(float(m.group(1)))
+                targets[target] = targets.get(target, 0) + 1
+
+        async def workers(count: int, record: bool) -> None:
+            todo = iter(range(count))
+
+            async def worker() -> None:
+                for _ in todo:
+                    await one(record)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        await workers(warmup, False)
+        t0 = time.perf_counter()
+        await workers(n, True)
+        seconds = time.perf_counter() - t0
+    return Run(latencies, gateway_ms, seconds, targets)
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def test_bench_added_latency_and_throughput(sim: Proc, gateway: Proc) -> None:
+    load = _load_average()
+    rows = []
+    for conc in CONCURRENCY:
+        n = REQUESTS[conc]
+        direct = asyncio.run(_load(sim.url, "gpt-4o-mini", conc, n))
+        cpu0 = _cpu_seconds(gateway.pid)
+        through = asyncio.run(_load(gateway.url, "default", conc, n))
+        cpu1 = _cpu_seconds(gateway.pid)
+        cpu_ms = (
+            (cpu1 - cpu0) * 1000.0 / (n + WARMUP) if cpu0 is not None and cpu1 is not None else float("nan")
+        )
+        assert through.targets == {"fast": n}
+        rows.append((conc, direct, through, cpu_ms))
+
+    print(
+        f"\n\nGateway overhead: instant simulator, non-streaming chat, closed loop, {os.cpu_count()} cores shared "
+        f"by the client, the simulator and the gateway (each its own process); load average before: {load}\n"
+    )
+    print(
+        f"{'conc':>5} | {'direct p50':>10} {'p99':>8} | {'gateway p50':>11} {'p99':>8} | "
+        f"{'added p50':>9} {'p99':>8} | {'own p50':>8} {'own p99':>8} | {'CPU/req':>8} | {'gw req/s':>8}"
+    )
+    print("-" * 118)
+    for conc, d, g, cpu_ms in rows:
+        print(
+            f"{conc:>5} | {d.q(0.5):>8.2f}ms {d.q(0.99):>6.2f}ms | {g.q(0.5):>9.2f}ms {g.q(0.99):>6.2f}ms | "
+            f"{g.q(0.5) - d.q(0.5):>7.2f}ms {g.q(0.99) - d.q(0.99):>6.2f}ms | "
+            f"{g.gq(0.5):>6.2f}ms {g.gq(0.99):>6.2f}ms | {cpu_ms:>6.2f}ms | {g.rps:>8.0f}"
+        )
+    print(
+        "\nadded = through the gateway minus direct (client-observed); own = the gateway's time per request\n"
+        "(server-timing: its wall time minus the provider call's); CPU/req = gateway process CPU per request."
+    )
+    best = max(g.rps for _, _, g, _ in rows)
+    one_core = 1000.0 / rows[-1][3] if rows[-1][3] == rows[-1][3] and rows[-1][3] > 0 else float("nan")
+    print(
+        f"throughput: {best:.0f} requests/s through one gateway process on this machine; "
+        f"{one_core:.0f} requests/s per gateway CPU core (from CPU time per request)\n"
+    )
+
+
+def test_bench_breaker_flip_to_enforcement(store_url: str, gateway: Proc) -> None:
+    async def flips() -> list[float]:
+        delays: list[float] = []
+        async with aiohttp.ClientSession() as session:
+            body = json.dumps({**BODY, "model": "default"}).encode()
+            headers = {"content-type": "application/json"}
+
+            async def target() -> str:
+                async with session.post(
+                    gateway.url + "/v1/chat/completions", data=body, headers=headers
+                ) as r:
+                    await r.read()
+                    assert r.status == 200
+                    return r.headers["x-controlroom-target"]
+
+            assert await target() == "fast"
+            with open_store(store_url) as s:
+                for i in range(FLIPS):
+                    mode, want = ("open", "strong") if i % 2 == 0 else ("auto", "fast")
+                    await asyncio.to_thread(
+                        control.set_breaker, s, "fast", mode, reason="bench flip", actor="bench"
+                    )
+                    committed = time.perf_counter()
+                    while True:
+                        sent = time.perf_counter()
+                        if await target() == want:
+                            delays.append(max(sent - committed, 0.0))
+                            break
+                        if sent - committed > 10:
+                            raise AssertionError(f"flip {i} not obeyed after 10 s")
+                    await asyncio.sleep(0.05)
+        return delays
+
+    delays = asyncio.run(flips())
+    ms = sorted(d * 1000 for d in delays)
+    p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
+    print(
+        f"\n\nBreaker flip (store commit in this process) -> enforced by the gateway process, {FLIPS} flips:\n"
+        f"  p50 {statistics.median(ms):.0f} ms   p99 {p99:.0f} ms   max {ms[-1]:.0f} ms   (target: p99 <= 1000 ms)\n"
+    )
+
+
+# --- the server stack --------------------------------------------------------------------------
+
+_STACK_SERVER = textwrap.dedent(
+    """\
+    import json, sys
+    RESP = json.dumps({"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message":
+        {"role": "assistant", "content": "hi " * 20}, "finish_reason": "stop"}]}).encode()
+    kind, port = sys.argv[1], int(sys.argv[2])
+    if kind == "aiohttp":
+        from aiohttp import web
+        async def h(req):
+            json.loads(await req.read())
+            return web.Response(body=RESP, content_type="application/json", headers={"x-controlroom-target": "fast"})
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", h)
+        print("ready", flush=True)
+        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    else:
+        import uvicorn
+        from starlette.applications import Starlette
+        from starlette.responses import Response
+        from starlette.routing import Route
+        async def h(req):
+            json.loads(await req.body())
+            return Response(RESP, media_type="application/json", headers={"x-controlroom-target": "fast"})
+        app = Starlette(routes=[Route("/v1/chat/completions", h, methods=["POST"])])
+        print("ready", flush=True)
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False, http="h11", loop="asyncio")
+    """
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_bench_server_stack_choice(env: dict[str, str]) -> None:
+    results: dict[str, list[Run]] = {}
+    for kind in ("aiohttp", "starlette"):
+        port = _free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _STACK_SERVER, kind, str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            url = f"http://127.0.0.1:{port}"
+
+            async def wait_up(url: str = url) -> None:
+                async with aiohttp.ClientSession() as session:
+                    for _ in range(200):
+                        try:
+                            async with session.get(url + "/") as r:
+                                await r.read()
+                                return
+                        except aiohttp.ClientConnectionError:
+                            await asyncio.sleep(0.05)
+
+            asyncio.run(wait_up())
+            results[kind] = [
+                asyncio.run(_load(url, "default", conc, REQUESTS[conc] // 2)) for conc in CONCURRENCY
+            ]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+    print("\n\nServer stack, trivial JSON handler (same client, same machine):")
+    print(f"{'stack':>20} | " + " | ".join(f"conc {c:>3}: p50 / p99 / req/s" for c in CONCURRENCY))
+    for kind, runs in results.items():
+        name = "aiohttp.web" if kind == "aiohttp" else "uvicorn+starlette h11"
+        cells = " | ".join(f"{r.q(0.5):>6.2f} / {r.q(0.99):>6.2f} ms / {r.rps:>5.0f}" for r in runs)
+        print(f"{name:>20} | {cells}")
+    print()
