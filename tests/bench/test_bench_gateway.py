@@ -82,6 +82,18 @@ def _spawn(argv: list[str], pattern: str, env: dict[str, str]) -> tuple[subproce
     return proc, m.group(1)
 
 
+def _stop(proc: subprocess.Popen[str], sig: int) -> None:
+    proc.send_signal(sig)
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
 @pytest.fixture(scope="module")
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", SIM_KEY_ENV: "sk-bench-key"}
@@ -97,8 +109,7 @@ def sim(env: dict[str, str]) -> Iterator[Proc]:
     try:
         yield Proc(url, proc.pid)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        _stop(proc, signal.SIGINT)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +144,7 @@ def gateway(store_url: str, env: dict[str, str]) -> Iterator[Proc]:
     try:
         yield Proc(url, proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        _stop(proc, signal.SIGTERM)
 
 
 @dataclass
@@ -362,8 +372,7 @@ def test_bench_server_stack_choice(env: dict[str, str]) -> None:
                 asyncio.run(_load(url, "default", conc, REQUESTS[conc] // 2)) for conc in CONCURRENCY
             ]
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(30)
+            _stop(proc, signal.SIGINT)
     print("\n\nServer stack, trivial JSON handler (same client, same machine):")
     print(f"{'stack':>20} | " + " | ".join(f"conc {c:>3}: p50 / p99 / req/s" for c in CONCURRENCY))
     for kind, runs in results.items():
