@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from app.core import paths
+from app.ui.filters import FilterBar
+from app.ui.livefeed import LiveFeed
 from app.ui.pages import PAGES, page_spec
 from app.ui.pages.overview import OverviewPage
 from app.ui.pages.placeholder import PlaceholderPage
@@ -60,6 +62,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.rail.setAccessibleName("Pages")
         self.stack = QtWidgets.QStackedWidget()
         self.pages: dict[str, QtWidgets.QWidget] = {}
+        # The shared filter bar and the feed every traffic page reads (ui.md "The window").
+        self.filters = FilterBar()
+        self.feed = LiveFeed(self)
+        self.filters.changed.connect(self.feed.set_state)
+        self.feed.dimensions_ready.connect(self.filters.set_dimension_values)
         for index, spec in enumerate(PAGES):
             item = QtWidgets.QListWidgetItem(spec.title)
             item.setData(Qt.ItemDataRole.UserRole, spec.key)
@@ -72,7 +79,12 @@ class MainWindow(QtWidgets.QMainWindow):
             self.stack.addWidget(page)
         self.rail.currentRowChanged.connect(self._on_row_changed)
         layout.addWidget(self.rail)
-        layout.addWidget(self.stack, 1)
+        right = QtWidgets.QVBoxLayout()
+        right.setContentsMargins(0, 0, 0, 0)
+        right.setSpacing(0)
+        right.addWidget(self.filters)
+        right.addWidget(self.stack, 1)
+        layout.addLayout(right, 1)
         self.setCentralWidget(central)
 
         self.status = StatusBar(self)
@@ -83,11 +95,53 @@ class MainWindow(QtWidgets.QMainWindow):
     def _make_page(self, key: str) -> QtWidgets.QWidget:
         if key == "overview":
             page = OverviewPage()
-            page.tile_clicked.connect(lambda _tile: self.show_page("traffic"))
+            page.tile_clicked.connect(self._open_tile_chart)
+            self.feed.overview_ready.connect(page.apply_snapshot)
             return page
+        if key == "traffic":
+            from app.ui.pages.traffic import TrafficPage
+
+            traffic = TrafficPage(self.feed)
+            traffic.exported.connect(lambda message: self.statusBar().showMessage(message, 8000))
+            return traffic
         return PlaceholderPage(page_spec(key))
 
+    def _open_tile_chart(self, tile: str) -> None:
+        self.show_page("traffic")
+        page = self.pages.get("traffic")
+        if hasattr(page, "focus_chart"):
+            page.focus_chart(tile)
+
+    def attach_data(self, *, live: object = None, bridge: object = None, store: object = None) -> None:
+        """Connect the traffic pages to the live aggregator and (through the bridge) the store."""
+        self.feed.attach(live=live, bridge=bridge, store=store)  # type: ignore[arg-type]
+
+    # Pages that show traffic read the filter bar; elsewhere it is greyed out (ui.md).
+    FILTERED_PAGES: frozenset[str] = frozenset({"overview", "traffic"})
+
+    def _page_actions(self) -> None:
+        def key_action(text: str, keys: str, slot: object) -> None:
+            action = QtGui.QAction(text, self)
+            action.setShortcut(QtGui.QKeySequence(keys))
+            action.triggered.connect(slot)
+            self.addAction(action)
+
+        key_action("Focus the filters", "Ctrl+F", self.filters.focus_filters)
+        key_action("Pause or resume live", "Space", self._toggle_pause)
+        key_action("Export the visible data", "Ctrl+E", self._export_current)
+        key_action("Refresh", "Ctrl+R", self.feed.refresh)
+
+    def _toggle_pause(self) -> None:
+        if self.current_page in self.FILTERED_PAGES:
+            self.filters.toggle_pause()
+
+    def _export_current(self) -> None:
+        page = self.stack.currentWidget()
+        if hasattr(page, "export_visible"):
+            page.export_visible()
+
     def _install_shortcuts(self) -> None:
+        self._page_actions()
         for index, spec in enumerate(PAGES[:9]):
             action = QtGui.QAction(spec.title, self)
             action.setShortcut(QtGui.QKeySequence(f"Ctrl+{index + 1}"))
@@ -115,6 +169,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if row < 0:
             return
         self.stack.setCurrentIndex(row)
+        self.filters.setEnabled(PAGES[row].key in self.FILTERED_PAGES)
         self.page_changed.emit(PAGES[row].key)
 
     # -- geometry -----------------------------------------------------------------
@@ -128,6 +183,7 @@ class MainWindow(QtWidgets.QMainWindow):
         page = s.value("window/page")
         if isinstance(page, str) and page in self.pages:
             self.show_page(page)
+        self.filters.restore()
 
     def save_state(self) -> None:
         s = settings()
@@ -137,4 +193,5 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         self.save_state()
+        self.feed.stop()
         super().closeEvent(event)

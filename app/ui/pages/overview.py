@@ -1,4 +1,10 @@
-"""The Overview page: one tile per vital sign, fed by live-metrics snapshots."""
+"""The Overview page: one tile per vital sign, fed by live-metrics snapshots.
+
+Each tile shows the value now (the last 5 minutes; cost: today), its change
+against the previous period of the same length (cost: yesterday to the same
+time), and a sparkline of the live window.  Clicking a tile opens the
+matching chart on the Traffic page.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from app.core import format as fmt
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
-from app.ui.qt import Qt, QtWidgets, Signal
+from app.ui.qt import Qt, QtCore, QtGui, QtWidgets, Signal
 from app.ui.theme import current_colors
 
 
@@ -48,6 +56,50 @@ def _format_value(key: str, value: Any, snapshot: Mapping[str, Any]) -> str:
     return str(value)
 
 
+class Sparkline(QtWidgets.QWidget):
+    """A tiny line of the live window: painted directly, no axes (the tile's value is the number to read)."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.values = np.zeros(0)
+        self.setMinimumHeight(28)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Expanding, QtWidgets.QSizePolicy.Policy.Fixed)
+        self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
+
+    def set_values(self, values: Any) -> None:
+        self.values = np.asarray(values, dtype=np.float64)
+        self.update()
+
+    def paintEvent(self, event: Any) -> None:
+        v = self.values
+        finite = np.isfinite(v)
+        if len(v) < 2 or not finite.any():
+            return
+        colors = current_colors()
+        lo = 0.0
+        hi = float(np.nanmax(v[finite]))
+        if hi <= lo:
+            hi = lo + 1.0
+        w, h = self.width() - 2, self.height() - 4
+        painter = QtGui.QPainter(self)
+        painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing)
+        painter.setPen(QtGui.QPen(QtGui.QColor(colors.accent), 1.5))
+        path = QtGui.QPainterPath()
+        pen_down = False
+        for i, y in enumerate(v.tolist()):
+            if not np.isfinite(y):
+                pen_down = False
+                continue
+            point = QtCore.QPointF(1 + w * i / (len(v) - 1), 2 + h * (1 - (y - lo) / (hi - lo)))
+            if pen_down:
+                path.lineTo(point)
+            else:
+                path.moveTo(point)
+                pen_down = True
+        painter.drawPath(path)
+        painter.end()
+
+
 class Tile(QtWidgets.QFrame):
     clicked = Signal(str)
 
@@ -62,9 +114,12 @@ class Tile(QtWidgets.QFrame):
         self.title = QtWidgets.QLabel(spec.title, objectName="tileTitle")
         self.value = QtWidgets.QLabel("—", objectName="tileValue")
         self.change = QtWidgets.QLabel("", objectName="muted")
+        self.spark = Sparkline()
+        self.setToolTip(f"{spec.title}: open the chart on the Traffic page")
         layout.addWidget(self.title)
         layout.addWidget(self.value)
         layout.addWidget(self.change)
+        layout.addWidget(self.spark)
         layout.addStretch(1)
 
     def mouseReleaseEvent(self, event: Any) -> None:
@@ -102,8 +157,18 @@ class OverviewPage(QtWidgets.QWidget):
         layout.addWidget(self.empty)
         layout.addStretch(1)
 
-    def apply_snapshot(self, snapshot: Mapping[str, Any]) -> None:
-        """Show one snapshot: current values and, under ``previous``, the previous period's."""
+    def apply_snapshot(self, snapshot: Any) -> None:
+        """Show one snapshot: current values and, under ``previous``, the previous period's.
+
+        ``snapshot`` is a mapping, or an :class:`~app.ui.livefeed.OverviewSnapshot` (which also
+        carries a sparkline per tile).
+        """
+        sparks: Mapping[str, Any] = getattr(snapshot, "sparks", {})
+        if not isinstance(snapshot, Mapping):
+            snapshot = snapshot.as_mapping()
+        for key, tile in self.tiles.items():
+            if key in sparks:
+                tile.spark.set_values(sparks[key])
         previous = snapshot.get("previous") or {}
         has_data = False
         for key, tile in self.tiles.items():
@@ -113,7 +178,8 @@ class OverviewPage(QtWidgets.QWidget):
             prev = previous.get(key)
             if value is not None and prev is not None:
                 text, good = fmt.fmt_change(float(value), float(prev), tile.spec.higher_is_good)
-                tile.change.setText(f"{text} vs previous period")
+                period = "yesterday by now" if key == "cost_today_usd" else "previous 5 min"
+                tile.change.setText(f"{text} vs {period}")
                 colors = current_colors()
                 tint = colors.muted if good is None else (colors.ok if good else colors.bad)
                 tile.change.setStyleSheet(f"color: {tint};")

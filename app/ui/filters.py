@@ -1,0 +1,286 @@
+"""The shared filter bar (ui.md "The window"): provider, model, route, feature, user, time range, LIVE/pause.
+
+Every page that shows traffic reads one :class:`FilterState`; the bar keeps it
+across pages and restarts (QSettings).  Filters combine (AND).  Live ranges
+read the in-memory live aggregator (1-second steps, 15 minutes kept); longer
+ranges read the store's rollups (minute steps and coarser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from app.core import paths
+from app.sources.live import DIMENSIONS, LiveFilter
+from app.ui.qt import QSettings, Qt, QtWidgets, Signal
+from app.ui.theme import current_colors
+
+if TYPE_CHECKING:
+    from storage.queries.series import SeriesFilter
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    key: str
+    label: str
+    seconds: int
+    live: bool
+
+
+#: The ranges the bar offers.  Live keeps 15 minutes at 1 s; "Last 1 hour" and longer come from rollups.
+RANGES: tuple[TimeRange, ...] = (
+    TimeRange("live_5m", "Live · 5 min", 300, True),
+    TimeRange("live_15m", "Live · 15 min", 900, True),
+    TimeRange("1h", "Last 1 hour", 3600, False),
+    TimeRange("6h", "Last 6 hours", 6 * 3600, False),
+    TimeRange("24h", "Last 24 hours", 86400, False),
+    TimeRange("7d", "Last 7 days", 7 * 86400, False),
+    TimeRange("30d", "Last 30 days", 30 * 86400, False),
+    TimeRange("90d", "Last 90 days", 90 * 86400, False),
+)
+DEFAULT_RANGE = "live_15m"
+
+_DIM_TITLES = {
+    "provider": "All providers",
+    "model": "All models",
+    "route": "All routes",
+    "feature": "All features",
+    "user": "All users",
+}
+
+
+def time_range(key: str) -> TimeRange:
+    for r in RANGES:
+        if r.key == key:
+            return r
+    raise KeyError(f"no time range {key!r}; one of {', '.join(r.key for r in RANGES)}")
+
+
+@dataclass(frozen=True)
+class FilterState:
+    """What the operator is looking at: ``None`` for a dimension means all of it."""
+
+    provider: str | None = None
+    model: str | None = None
+    route: str | None = None
+    feature: str | None = None
+    user: str | None = None
+    range_key: str = DEFAULT_RANGE
+    paused: bool = False
+
+    @property
+    def range(self) -> TimeRange:
+        return time_range(self.range_key)
+
+    @property
+    def live(self) -> bool:
+        return self.range.live
+
+    @property
+    def seconds(self) -> int:
+        return self.range.seconds
+
+    def dims(self) -> dict[str, str | None]:
+        return {d: getattr(self, d) for d in DIMENSIONS}
+
+    def live_filter(self) -> LiveFilter:
+        return LiveFilter(**self.dims())
+
+    def series_filter(self) -> SeriesFilter:
+        from storage.queries.series import SeriesFilter  # SQLAlchemy loads off the start-up path
+
+        return SeriesFilter(**self.dims())
+
+    def query_key(self) -> tuple[object, ...]:
+        """Changes when the question changes (not on pause): charts reset their y range on it."""
+        return (*self.dims().values(), self.range_key)
+
+    def with_(self, **changes: object) -> FilterState:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """``provider=openai · route=search`` or ``all traffic``."""
+        chosen = [f"{d}={v}" for d, v in self.dims().items() if v is not None]
+        return " · ".join(chosen) if chosen else "all traffic"
+
+
+def default_settings() -> QSettings:
+    return QSettings(str(paths.config_dir() / "ui.ini"), QSettings.Format.IniFormat)
+
+
+class FilterBar(QtWidgets.QFrame):
+    """provider ▾ model ▾ route ▾ feature ▾ user ▾ | range ▾ | ● LIVE / ❚❚."""
+
+    changed = Signal(object)  # FilterState
+
+    def __init__(
+        self,
+        parent: QtWidgets.QWidget | None = None,
+        *,
+        settings: Callable[[], QSettings] = default_settings,
+    ) -> None:
+        super().__init__(parent, objectName="filterBar")
+        self._settings = settings
+        self._state = FilterState()
+        self._updating = False
+        layout = QtWidgets.QHBoxLayout(self)
+        layout.setContentsMargins(12, 6, 12, 6)
+        layout.setSpacing(6)
+        self.combos: dict[str, QtWidgets.QComboBox] = {}
+        for dim in DIMENSIONS:
+            combo = QtWidgets.QComboBox(objectName=f"filter-{dim}")
+            combo.setAccessibleName(f"Filter by {dim}")
+            combo.setToolTip(f"Show only one {dim} (Ctrl+F focuses the filters)")
+            combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
+            combo.setMinimumContentsLength(10)
+            combo.addItem(_DIM_TITLES[dim], None)
+            combo.currentIndexChanged.connect(self._on_combo)
+            self.combos[dim] = combo
+            layout.addWidget(combo)
+        self.clear_button = QtWidgets.QToolButton(text="Clear")
+        self.clear_button.setToolTip("Show all traffic again")
+        self.clear_button.clicked.connect(self.clear_filters)
+        layout.addWidget(self.clear_button)
+        layout.addStretch(1)
+        sep = QtWidgets.QFrame()
+        sep.setFrameShape(QtWidgets.QFrame.Shape.VLine)
+        layout.addWidget(sep)
+        self.range_combo = QtWidgets.QComboBox(objectName="filter-range")
+        self.range_combo.setAccessibleName("Time range")
+        self.range_combo.setToolTip(
+            "Live: the last 5 or 15 minutes at 1-second steps (15 minutes are kept in memory).\n"
+            "Longer ranges come from the store's rollups at 1-minute steps or coarser."
+        )
+        for r in RANGES:
+            self.range_combo.addItem(r.label, r.key)
+        self.range_combo.currentIndexChanged.connect(self._on_combo)
+        layout.addWidget(self.range_combo)
+        self.live_button = QtWidgets.QPushButton(objectName="liveButton")
+        self.live_button.setCheckable(True)
+        self.live_button.setAccessibleName("Pause or resume live charts")
+        self.live_button.setToolTip("Pause or resume the live charts (Space)")
+        self.live_button.setMinimumWidth(96)
+        self.live_button.clicked.connect(self.toggle_pause)
+        layout.addWidget(self.live_button)
+        self._sync_live_button()
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def state(self) -> FilterState:
+        return self._state
+
+    def set_state(self, state: FilterState) -> None:
+        """Show ``state`` (values not offered yet are added to their combo) and announce it."""
+        self._updating = True
+        try:
+            for dim, combo in self.combos.items():
+                _select(combo, getattr(state, dim))
+            index = self.range_combo.findData(state.range_key)
+            self.range_combo.setCurrentIndex(max(index, 0))
+        finally:
+            self._updating = False
+        self._apply(state)
+
+    def set_dimension_values(self, values: Mapping[str, Sequence[str]]) -> None:
+        """Offer these values (seen in live traffic or the store); the current choice always stays."""
+        self._updating = True
+        try:
+            for dim, names in values.items():
+                combo = self.combos.get(dim)
+                if combo is None:
+                    continue
+                current = combo.currentData()
+                offered = [combo.itemData(i) for i in range(1, combo.count())]
+                wanted = sorted(set(names) | ({current} if current is not None else set()))
+                if offered == wanted:
+                    continue
+                combo.blockSignals(True)
+                while combo.count() > 1:
+                    combo.removeItem(1)
+                for name in wanted:
+                    combo.addItem(name, name)
+                combo.setCurrentIndex(max(combo.findData(current), 0) if current is not None else 0)
+                combo.blockSignals(False)
+        finally:
+            self._updating = False
+
+    def clear_filters(self) -> None:
+        self.set_state(FilterState(range_key=self._state.range_key, paused=self._state.paused))
+
+    def toggle_pause(self) -> None:
+        if not self._state.live:
+            self._sync_live_button()
+            return
+        self._apply(self._state.with_(paused=not self._state.paused))
+
+    def focus_filters(self) -> None:
+        self.combos[DIMENSIONS[0]].setFocus(Qt.FocusReason.ShortcutFocusReason)
+
+    def _on_combo(self) -> None:
+        if self._updating:
+            return
+        dims = {dim: combo.currentData() for dim, combo in self.combos.items()}
+        key = self.range_combo.currentData() or DEFAULT_RANGE
+        state = FilterState(**dims, range_key=key, paused=self._state.paused and time_range(key).live)
+        self._apply(state)
+
+    def _apply(self, state: FilterState) -> None:
+        if not state.live and state.paused:
+            state = state.with_(paused=False)
+        changed = state != self._state
+        self._state = state
+        self._sync_live_button()
+        if changed:
+            self.save()
+            self.changed.emit(state)
+
+    def _sync_live_button(self) -> None:
+        colors = current_colors()
+        state = self._state
+        if not state.live:
+            self.live_button.setText("History")
+            self.live_button.setChecked(False)
+            self.live_button.setEnabled(False)
+            self.live_button.setStyleSheet(f"color: {colors.muted};")
+            return
+        self.live_button.setEnabled(True)
+        self.live_button.setChecked(state.paused)
+        if state.paused:
+            self.live_button.setText("\u275a\u275a Paused")
+            self.live_button.setStyleSheet(f"color: {colors.warn}; font-weight: 600;")
+        else:
+            self.live_button.setText("\u25cf LIVE")
+            self.live_button.setStyleSheet(f"color: {colors.ok}; font-weight: 600;")
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self) -> None:
+        s = self._settings()
+        for dim in DIMENSIONS:
+            s.setValue(f"filters/{dim}", getattr(self._state, dim) or "")
+        s.setValue("filters/range", self._state.range_key)
+        s.sync()
+
+    def restore(self) -> None:
+        """The last filters and range; live always resumes unpaused (a paused chart on start-up lies)."""
+        s = self._settings()
+        dims: dict[str, str | None] = {}
+        for dim in DIMENSIONS:
+            value = s.value(f"filters/{dim}", "")
+            dims[dim] = value if isinstance(value, str) and value else None
+        key = s.value("filters/range", DEFAULT_RANGE)
+        if not isinstance(key, str) or key not in {r.key for r in RANGES}:
+            key = DEFAULT_RANGE
+        self.set_state(FilterState(**dims, range_key=key))
+
+
+def _select(combo: QtWidgets.QComboBox, value: str | None) -> None:
+    if value is None:
+        combo.setCurrentIndex(0)
+        return
+    index = combo.findData(value)
+    if index < 0:
+        combo.addItem(value, value)
+        index = combo.count() - 1
+    combo.setCurrentIndex(index)

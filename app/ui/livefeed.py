@@ -1,0 +1,552 @@
+"""The feed behind the traffic pages: a QTimer that turns the live aggregator (or the store) into frames.
+
+Nothing here waits on the GUI thread:
+
+- live frames are read from :class:`~app.sources.live.LiveAggregator` on one
+  worker thread (``controlroom-livefeed``): the aggregator's lock may be held
+  by the ingest writer for a whole batch, and the GUI must not queue behind it;
+- history frames, spend today, budgets, open breakers and the values the filter
+  combos offer come from the store through :class:`~app.ui.bridge.Bridge`.
+
+Results come back as signals, so pages only ever run ``setData`` with arrays
+that are already built.  A request is dropped when a newer one was made in the
+meantime (the operator changed a filter), so a slow answer never overwrites
+a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from app.core.event import FAILURE_TYPES, Failure
+from app.sources.live import DIMENSIONS, LiveAggregator, LiveFilter
+from app.ui.filters import FilterState
+from app.ui.qt import QObject, QTimer, Signal
+
+log = logging.getLogger(__name__)
+
+F64 = npt.NDArray[np.float64]
+DAY = 86400
+
+#: How often live charts refresh (they move in 1-second steps; twice a second keeps them current).
+LIVE_INTERVAL_MS = 500
+#: How often the store is asked again: history charts, spend today, budgets, breakers.
+STORE_INTERVAL_S = 15.0
+#: How often the filter combos learn the values seen in live traffic.
+DIMS_INTERVAL_S = 5.0
+#: Seconds per period of the Overview's "change against the previous period".
+OVERVIEW_PERIOD_S = 300
+#: Sparkline points on the Overview (the live window in buckets of 15 s).
+SPARK_BUCKET_S = 15
+
+HISTORY_METRICS: tuple[str, ...] = (
+    "requests",
+    *(f"failure:{f.value}" for f in FAILURE_TYPES),
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "cache_hits",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "ttft_p50",
+    "ttft_p95",
+)
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    name: str
+    limit_usd: float
+    warn_at: tuple[float, ...] = ()
+
+
+@dataclass
+class StoreFacts:
+    """What only the store knows: spend today (UTC) for the filter, the same time yesterday, budgets."""
+
+    fetched_at: float = math.nan
+    spend_today_usd: float | None = None
+    spend_yesterday_usd: float | None = None
+    budgets: list[BudgetLine] = field(default_factory=list)
+    open_breakers: int | None = None
+    dimension_values: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class TrafficFrame:
+    """One picture of traffic: counts per bucket of ``step_s`` seconds starting at ``t``.
+
+    Rates for the charts come from :meth:`rate` (per second live, per minute
+    in history, as ui.md says).  ``spend_day_usd`` is cumulative spend within
+    each UTC day at the end of each bucket (live: today, from the store plus
+    the live seconds since it was asked).
+    """
+
+    state: FilterState
+    t: F64
+    step_s: int
+    requests: F64
+    failures: dict[Failure, F64]
+    input_tokens: F64
+    output_tokens: F64
+    cost_usd: F64
+    cache_hits: F64
+    latency_ms: dict[str, F64]  # p50, p95, p99
+    ttft_ms: dict[str, F64]  # p50, p95
+    spend_day_usd: F64
+    budgets: list[BudgetLine] = field(default_factory=list)
+    made_at: float = field(default_factory=time.time)
+
+    @property
+    def live(self) -> bool:
+        return self.state.live
+
+    @property
+    def rate_unit(self) -> str:
+        return "s" if self.live else "min"
+
+    def rate(self, counts: F64) -> F64:
+        """Counts per bucket as a rate per second (live) or per minute (history)."""
+        per = 1.0 if self.live else self.step_s / 60.0
+        return counts / per
+
+    @property
+    def cost_per_min(self) -> F64:
+        """Live: spend in the 60 s ending at each second; history: the bucket's spend per minute."""
+        if not self.live:
+            return self.rate(self.cost_usd)
+        c = np.concatenate([[0.0], np.cumsum(self.cost_usd)])
+        n = len(self.cost_usd)
+        lo = np.maximum(np.arange(1, n + 1) - 60, 0)
+        return c[1:] - c[lo]
+
+    @property
+    def errors(self) -> F64:
+        total = np.zeros_like(self.requests)
+        for a in self.failures.values():
+            total = total + a
+        return total
+
+    def is_empty(self) -> bool:
+        return not bool(np.any(self.requests))
+
+
+def live_frame(
+    live: LiveAggregator, state: FilterState, facts: StoreFacts | None = None, *, now: float | None = None
+) -> TrafficFrame:
+    """The live window for ``state`` (1-second buckets) from the aggregator."""
+    s = live.series(state.live_filter(), seconds=state.seconds, now=now)
+    cost = s.cost_usd
+    cum = np.cumsum(cost)
+    offset = 0.0
+    if facts is not None and facts.spend_today_usd is not None and math.isfinite(facts.fetched_at):
+        # The store's figure covers everything stored up to fetched_at; live seconds after it add on.
+        i = int(np.searchsorted(s.t, math.floor(facts.fetched_at), side="right")) - 1
+        offset = facts.spend_today_usd - (float(cum[i]) if 0 <= i < len(cum) else 0.0)
+    spend = offset + cum
+    day_start = math.floor(s.t[-1] / DAY) * DAY if len(s.t) else 0.0
+    spend = np.where(s.t >= day_start, np.maximum(spend, 0.0), np.nan)
+    return TrafficFrame(
+        state=state,
+        t=s.t,
+        step_s=1,
+        requests=s.requests,
+        failures={f: s.failures[f] for f in FAILURE_TYPES},
+        input_tokens=s.input_tokens,
+        output_tokens=s.output_tokens,
+        cost_usd=cost,
+        cache_hits=s.cache_hits,
+        latency_ms={"p50": s.latency_ms[0.5], "p95": s.latency_ms[0.95], "p99": s.latency_ms[0.99]},
+        ttft_ms={"p50": s.ttft_ms[0.5], "p95": s.ttft_ms[0.95]},
+        spend_day_usd=spend,
+        budgets=list(facts.budgets) if facts is not None else [],
+    )
+
+
+def history_frame(engine: Any, state: FilterState, *, now: float | None = None) -> TrafficFrame:
+    """The range in ``state`` from the store's rollups (blocking: call it off the GUI thread)."""
+    from storage.queries.series import query_series
+
+    now = time.time() if now is None else now
+    res = query_series(
+        engine, now - state.seconds, now, HISTORY_METRICS, filters=state.series_filter(), now=now
+    )
+    series = res.total() or res.series[0]
+    v = series.values
+    cost = v["cost_usd"]
+    day = np.floor(res.buckets / DAY)
+    spend = np.zeros_like(cost)
+    running = 0.0
+    for i in range(len(cost)):  # a few hundred buckets: a plain loop is clearer than a segmented cumsum
+        if i and day[i] != day[i - 1]:
+            running = 0.0
+        running += float(cost[i])
+        spend[i] = running
+    return TrafficFrame(
+        state=state,
+        t=res.buckets,
+        step_s=res.plan.step,
+        requests=v["requests"],
+        failures={f: v[f"failure:{f.value}"] for f in FAILURE_TYPES},
+        input_tokens=v["input_tokens"],
+        output_tokens=v["output_tokens"],
+        cost_usd=cost,
+        cache_hits=v["cache_hits"],
+        latency_ms={"p50": v["latency_p50"], "p95": v["latency_p95"], "p99": v["latency_p99"]},
+        ttft_ms={"p50": v["ttft_p50"], "p95": v["ttft_p95"]},
+        spend_day_usd=spend,
+    )
+
+
+def read_store_facts(engine: Any, state: FilterState, *, now: float | None = None) -> StoreFacts:
+    """Spend today and yesterday to this time, daily budgets that apply, open breakers (blocking)."""
+    from storage.queries.control import list_breaker_overrides, list_breaker_transitions, list_objects
+    from storage.queries.series import query_series, top_n
+
+    now = time.time() if now is None else now
+    flt = state.series_filter()
+    day = math.floor(now / DAY) * DAY
+    until = max(math.ceil(now / 60) * 60, day + 60)
+
+    def spend(a: float, b: float) -> float:
+        res = query_series(engine, a, b, ("cost_usd",), filters=flt, now=now)
+        total = res.total() or res.series[0]
+        return float(np.nansum(total.values["cost_usd"]))
+
+    facts = StoreFacts(fetched_at=now)
+    facts.spend_today_usd = spend(day, until)
+    facts.spend_yesterday_usd = spend(day - DAY, until - DAY)
+    chosen = {d: v for d, v in state.dims().items() if v is not None}
+    for b in list_objects(engine, "budget"):
+        scope = b.get("scope") or {}
+        if b.get("period") != "day" or b.get("limit_usd") is None:
+            continue
+        if all(chosen.get(k) == v for k, v in scope.items()):
+            facts.budgets.append(BudgetLine(b["name"], float(b["limit_usd"]), tuple(b.get("warn_at") or ())))
+    state_by_target: dict[str, str] = {}
+    for tr in list_breaker_transitions(engine, limit=1000):
+        state_by_target[tr.target] = tr.to_state
+    for o in list_breaker_overrides(engine, now=now):
+        state_by_target[o.target] = o.state
+    facts.open_breakers = sum(1 for s in state_by_target.values() if s == "open")
+    for dim in DIMENSIONS:
+        rows = top_n(engine, now - DAY, until, dim, n=50, now=now)
+        facts.dimension_values[dim] = [r.key for r in rows if r.key]
+    return facts
+
+
+@dataclass
+class OverviewSnapshot:
+    """The Overview's vital signs: current and previous-period values, and a sparkline each."""
+
+    values: dict[str, float | None]
+    previous: dict[str, float | None]
+    sparks: dict[str, F64]
+    budget_today_usd: float | None = None
+
+    def as_mapping(self) -> dict[str, Any]:
+        return {**self.values, "previous": self.previous, "budget_today_usd": self.budget_today_usd}
+
+
+def overview_snapshot(
+    live: LiveAggregator, flt: LiveFilter, facts: StoreFacts | None, *, now: float | None = None
+) -> OverviewSnapshot:
+    """Last 5 minutes against the 5 before, from the live window; cost today from the store plus live."""
+    now = live.clock() if now is None else now
+    s = live.series(flt, now=now)  # the whole window, one point per second
+    p = OVERVIEW_PERIOD_S
+    cur = slice(len(s.t) - p, len(s.t))
+    prev = slice(len(s.t) - 2 * p, len(s.t) - p)
+    errors = s.errors
+
+    def ratio(num: F64, den: F64, sl: slice) -> float | None:
+        d = float(den[sl].sum())
+        return float(num[sl].sum()) / d if d else None
+
+    pct_now = live.percentiles(flt, seconds=p, now=now)
+    pct_prev = live.percentiles(flt, seconds=p, now=now - p)
+    values: dict[str, float | None] = {
+        "requests_per_s": float(s.requests[cur].sum()) / p,
+        "p95_latency_ms": _finite(pct_now[0.95]),
+        "error_rate": ratio(errors, s.requests, cur),
+        "cache_hit_rate": ratio(s.cache_hits, s.requests, cur),
+        "cost_today_usd": None,
+        "open_breakers": None,
+    }
+    previous: dict[str, float | None] = {
+        "requests_per_s": float(s.requests[prev].sum()) / p,
+        "p95_latency_ms": _finite(pct_prev[0.95]),
+        "error_rate": ratio(errors, s.requests, prev),
+        "cache_hit_rate": ratio(s.cache_hits, s.requests, prev),
+        "cost_today_usd": None,
+        "open_breakers": None,
+    }
+    if not s.requests.any():
+        values["requests_per_s"] = None
+    budget = None
+    if facts is not None:
+        if facts.spend_today_usd is not None:
+            after = s.t > math.floor(facts.fetched_at)
+            values["cost_today_usd"] = facts.spend_today_usd + float(s.cost_usd[after].sum())
+            previous["cost_today_usd"] = facts.spend_yesterday_usd
+        values["open_breakers"] = facts.open_breakers
+        global_budgets = [b.limit_usd for b in facts.budgets]
+        budget = min(global_budgets) if global_budgets else None
+    sparks = _sparks(s.t, s.requests, errors, s.cache_hits, s.cost_usd, s.latency_ms[0.95])
+    return OverviewSnapshot(values, previous, sparks, budget)
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _sparks(t: F64, req: F64, err: F64, hits: F64, cost: F64, p95: F64) -> dict[str, F64]:  # noqa: PLR0917
+    b = SPARK_BUCKET_S
+    n = len(t) // b * b
+    start = len(t) - n
+
+    def per_bucket(a: F64) -> F64:
+        return np.asarray(a[start:].reshape(-1, b).sum(axis=1), dtype=np.float64)
+
+    r = per_bucket(req)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err_rate = np.where(r > 0, per_bucket(err) / r, np.nan)
+        hit_rate = np.where(r > 0, per_bucket(hits) / r, np.nan)
+        lat = p95[start:].reshape(-1, b)
+        finite = np.isfinite(lat)
+        # The slowest second's p95 in each bucket: a spike stays visible on a tiny line.
+        lat_max = np.where(finite.any(axis=1), np.nanmax(np.where(finite, lat, -np.inf), axis=1), np.nan)
+    return {
+        "requests_per_s": r / b,
+        "p95_latency_ms": lat_max,
+        "error_rate": err_rate,
+        "cost_today_usd": np.cumsum(per_bucket(cost)),
+        "cache_hit_rate": hit_rate,
+    }
+
+
+class LiveFeed(QObject):
+    """Refreshes on a timer; emits :class:`TrafficFrame` for the charts and snapshots for the Overview.
+
+    ``attach(live=..., bridge=..., store=...)`` connects the sources (any may
+    be missing: no live aggregator means no live data, no store means no
+    history).  ``set_state`` follows the filter bar.
+    """
+
+    frame_ready = Signal(object)  # TrafficFrame
+    overview_ready = Signal(object)  # OverviewSnapshot
+    dimensions_ready = Signal(object)  # dict[str, list[str]]
+    error = Signal(str)
+    _live_done = Signal(int, object, object)  # generation, (frame, snapshot) | None, error | None
+
+    def __init__(self, parent: QObject | None = None, *, interval_ms: int = LIVE_INTERVAL_MS) -> None:
+        super().__init__(parent)
+        self.live: LiveAggregator | None = None
+        self.bridge: Any = None
+        self._store: Callable[[], Any] = lambda: None
+        self.state = FilterState()
+        self.facts: StoreFacts | None = None
+        self.last_frame: TrafficFrame | None = None
+        self.last_snapshot: OverviewSnapshot | None = None
+        self.want_overview = True
+        self.want_frames = True
+        #: Time the GUI thread spent per refresh (emitting and drawing), seconds: for the benchmark.
+        self.refresh_times: list[float] = []
+        self._generation = 0
+        self._live_busy = False
+        self._history_busy = False
+        self._facts_busy = False
+        self._last_store_ask = -math.inf
+        self._last_dims = -math.inf
+        self._live_dims: dict[str, list[str]] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._live_done.connect(self._on_live_done)
+        self.timer = QTimer(self)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self.tick)
+
+    # -- wiring -----------------------------------------------------------------------------
+    def attach(
+        self,
+        *,
+        live: LiveAggregator | None = None,
+        bridge: Any = None,
+        store: Callable[[], Any] | None = None,
+    ) -> None:
+        if live is not None:
+            self.live = live
+        if bridge is not None:
+            self.bridge = bridge
+        if store is not None:
+            self._store = store
+        self.start()
+
+    def start(self) -> None:
+        if not self.timer.isActive():
+            self.timer.start()
+        self.refresh()
+
+    def stop(self) -> None:
+        """Stop the timer and the worker thread (and wait for it: tests check no thread is left)."""
+        self.timer.stop()
+        self._generation += 1
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    @property
+    def store(self) -> Any:
+        return self._store()
+
+    def set_state(self, state: FilterState) -> None:
+        question_changed = state.query_key() != self.state.query_key()
+        self.state = state
+        if question_changed:
+            self._generation += 1
+            self._live_busy = self._history_busy = False
+            self.facts = None if self.facts is None else StoreFacts(budgets=self.facts.budgets)
+            self._last_store_ask = -math.inf
+        self.refresh()
+
+    # -- refreshing -------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Ask for fresh data now (Ctrl+R); the timer does this on its own."""
+        self._last_store_ask = -math.inf
+        self.tick(force=True)
+
+    def tick(self, force: bool = False) -> None:
+        state = self.state
+        now = time.time()
+        if (
+            self.bridge is not None
+            and self.store is not None
+            and (force or now - self._last_store_ask >= STORE_INTERVAL_S)
+        ):
+            self._last_store_ask = now
+            self._ask_store(state)
+        if self.live is not None and (not state.paused or force or self.want_overview):
+            self._ask_live(state)
+
+    def _ask_live(self, state: FilterState) -> None:
+        if self._live_busy or self.live is None:
+            return
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="controlroom-livefeed"
+            )
+        self._live_busy = True
+        gen = self._generation
+        live = self.live
+        facts = self.facts
+        frames = self.want_frames and state.live and (not state.paused or self.last_frame is None)
+        overview = self.want_overview
+        now = time.time()
+        dims_due = now - self._last_dims >= DIMS_INTERVAL_S
+        if dims_due:
+            self._last_dims = now
+
+        def work() -> tuple[TrafficFrame | None, OverviewSnapshot | None, dict[str, list[str]] | None]:
+            frame = live_frame(live, state, facts) if frames else None
+            snap = overview_snapshot(live, state.live_filter(), facts) if overview else None
+            dims = {d: live.dimension_values(d) for d in DIMENSIONS} if dims_due else None
+            return frame, snap, dims
+
+        future = self._executor.submit(work)
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            # On the worker thread: only emit; the slot runs on the GUI thread.
+            if f.cancelled():
+                self._live_done.emit(gen, None, None)
+                return
+            exc = f.exception()
+            self._live_done.emit(gen, None if exc else f.result(), exc)
+
+        future.add_done_callback(done)
+
+    def _on_live_done(self, gen: int, result: Any, exc: Any) -> None:
+        if gen != self._generation:
+            return
+        self._live_busy = False
+        if exc is not None:
+            log.error("live charts could not be read: %s", exc)
+            self.error.emit(f"live data: {type(exc).__name__}: {exc}")
+            return
+        if result is None:
+            return
+        frame, snap, dims = result
+        started = time.perf_counter()
+        if frame is not None and self.state.live and (not self.state.paused or self.last_frame is None):
+            self.last_frame = frame
+            self.frame_ready.emit(frame)
+        if snap is not None:
+            self.last_snapshot = snap
+            self.overview_ready.emit(snap)
+        if dims is not None:
+            self._live_dims = dims
+            self._emit_dimensions()
+        self.refresh_times.append(time.perf_counter() - started)
+
+    def _emit_dimensions(self) -> None:
+        store_dims = self.facts.dimension_values if self.facts is not None else {}
+        merged = {d: sorted(set(store_dims.get(d, [])) | set(self._live_dims.get(d, []))) for d in DIMENSIONS}
+        self.dimensions_ready.emit(merged)
+
+    def _ask_store(self, state: FilterState) -> None:
+        store = self.store
+        gen = self._generation
+        if not self._facts_busy:
+            self._facts_busy = True
+            self.bridge.run(
+                asyncio.to_thread(read_store_facts, store.engine, state),
+                lambda facts: self._on_facts(gen, facts),
+                lambda exc: self._on_store_error(gen, "store figures", exc, "facts"),
+            )
+        if not state.live and not self._history_busy:
+            self._history_busy = True
+            self.bridge.run(
+                asyncio.to_thread(history_frame, store.engine, state),
+                lambda frame: self._on_history(gen, frame),
+                lambda exc: self._on_store_error(gen, "history", exc, "history"),
+            )
+
+    def _on_facts(self, gen: int, facts: StoreFacts) -> None:
+        self._facts_busy = False
+        if gen != self._generation:
+            return
+        self.facts = facts
+        self._emit_dimensions()
+        if self.last_frame is not None and not self.state.live:
+            self.last_frame.budgets = list(facts.budgets)
+            self.frame_ready.emit(self.last_frame)
+
+    def _on_history(self, gen: int, frame: TrafficFrame) -> None:
+        self._history_busy = False
+        if gen != self._generation or self.state.live:
+            return
+        if self.facts is not None:
+            frame.budgets = list(self.facts.budgets)
+        started = time.perf_counter()
+        self.last_frame = frame
+        self.frame_ready.emit(frame)
+        self.refresh_times.append(time.perf_counter() - started)
+
+    def _on_store_error(self, gen: int, what: str, exc: BaseException, which: str) -> None:
+        if which == "facts":
+            self._facts_busy = False
+        else:
+            self._history_busy = False
+        if gen != self._generation:
+            return
+        log.warning("%s could not be read: %s: %s", what, type(exc).__name__, exc)
+        self.error.emit(f"{what}: {type(exc).__name__}: {exc}")
