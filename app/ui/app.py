@@ -13,6 +13,7 @@ from typing import Any
 from app import __version__
 from app.runtime import Runtime
 from app.ui.bridge import Bridge
+from app.ui.demo_control import DemoControl
 from app.ui.main_window import MainWindow
 from app.ui.qt import QtCore, QTimer, QtWidgets
 from app.ui.theme import Scheme, apply_theme
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: How long --smoke waits for the background start-up work before it paints anyway.
 SMOKE_WAIT_S = 60.0
+#: How long --smoke --demo waits for the first live demo events before it paints anyway (and fails).
+DEMO_SMOKE_WAIT_S = 20.0
 
 
 @dataclass
@@ -44,11 +47,17 @@ class ControlRoom(QtCore.QObject):
         self.runtime = Runtime()
         self.bridge = Bridge(self.runtime, self)
         self.window = MainWindow()
+        # The live charts' source: whatever feeds the ingest pipeline (the demo, sources) adds to it.
+        from app.sources.live import LiveAggregator
+
+        self.live = LiveAggregator()
         self.store: Any = None
         self.store_error: str | None = None
         self.keyring_ok: bool | None = None
         self.smoke_check: dict[str, Any] | None = None
         self._startup_pending = 0
+        # Demo mode (--demo / --demo-if-empty): feeds the live aggregator the charts read.
+        self.demo = DemoControl(self.bridge, self.window, getattr(self, "live", None))
 
     # -- start-up ---------------------------------------------------------------
     def start(self) -> None:
@@ -60,6 +69,7 @@ class ControlRoom(QtCore.QObject):
         self.window.show()
         self._startup_pending = 3
         self.bridge.run(_open_store(self.options.store_url), self._on_store_open, self._on_store_error)
+        self.window.attach_data(live=self.live, bridge=self.bridge, store=lambda: self.store)
         self.bridge.run(_keyring_status(), self._on_keyring, lambda exc: self._on_keyring(None))
         self.bridge.run(_tokens_and_price(), self._on_smoke_check, self._on_smoke_check_error)
 
@@ -73,6 +83,7 @@ class ControlRoom(QtCore.QObject):
     def _on_store_open(self, store: Any) -> None:
         self.store = store
         self.window.status.set_store(store_label(store), store.url)
+        self.demo.start_if_wanted(store, demo=self.options.demo, demo_if_empty=self.options.demo_if_empty)
         self._step_done()
 
     def _on_store_error(self, exc: BaseException) -> None:
@@ -103,6 +114,8 @@ class ControlRoom(QtCore.QObject):
     # -- shut-down ----------------------------------------------------------------
     def shutdown(self) -> None:
         self.window.save_state()
+        self.demo.shutdown()
+        self.window.feed.stop()
         if self.store is not None:
             self.runtime.run(asyncio.to_thread(self.store.close), timeout=10)
         self.runtime.stop()
@@ -175,6 +188,21 @@ def run_ui(options: UiOptions, argv: list[str] | None = None) -> int:
 def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -> int:
     """Paint once after start-up work has finished, save the picture, exit."""
     finished = _wait_until(qapp, lambda: app.started, SMOKE_WAIT_S)
+    demo_note = ""
+    demo_ok = True
+    if options.demo or options.demo_if_empty:
+        demo = app.demo
+        _wait_until(qapp, lambda: demo.decided or app.store_error is not None, DEMO_SMOKE_WAIT_S)
+        if demo.active:
+            demo_ok = _wait_until(qapp, lambda: demo.live_events() > 0, DEMO_SMOKE_WAIT_S)
+            # A second for the live charts to take the new data in and repaint.
+            _wait_until(qapp, lambda: False, 1.2)
+            demo_note = f" demo={demo.state} live_events={demo.live_events()}"
+            if not demo_ok:
+                demo_note += " (no live demo data in time)"
+        elif options.demo:
+            demo_ok = False
+            demo_note = f" demo={demo.state} {demo.error or ''}".rstrip()
     # Let layouts settle and the status bar repaint with the final texts.
     QTimer.singleShot(0, lambda: None)
     qapp.processEvents()
@@ -184,6 +212,7 @@ def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -
         and app.store_error is None
         and bool(app.smoke_check)
         and "error" not in (app.smoke_check or {})
+        and demo_ok
     )
     if options.screenshot is not None:
         options.screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +225,7 @@ def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -
         f"store={'open' if app.store is not None else app.store_error} "
         f"tokens={check.get('tokens')} cost_usd={check.get('cost_usd')} "
         f"keyring={'ok' if app.keyring_ok else 'unavailable'}"
+        + demo_note
         + ("" if finished else " (start-up did not finish in time)")
     )
     if check.get("error"):
