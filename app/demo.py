@@ -445,11 +445,13 @@ class Demo:
         result = BackfillResult(since=start_min * 60.0, until=end_min * 60.0)
         chunk: list[Event] = []
         for minute in range(start_min, end_min):
+            if self._closed:  # quitting: what is written stays (a later start completes it)
+                break
             chunk.extend(history.minute(minute))
             if len(chunk) >= _BACKFILL_CHUNK:
                 self._write_history(writer, chunk, result)
                 chunk = []
-        if chunk:
+        if chunk and not self._closed:
             self._write_history(writer, chunk, result)
         result.seconds = time.perf_counter() - t0
         self._backfill = result
