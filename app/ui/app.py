@@ -47,6 +47,10 @@ class ControlRoom(QtCore.QObject):
         self.runtime = Runtime()
         self.bridge = Bridge(self.runtime, self)
         self.window = MainWindow()
+        # The live charts' source: whatever feeds the ingest pipeline (the demo, sources) adds to it.
+        from app.sources.live import LiveAggregator
+
+        self.live = LiveAggregator()
         self.store: Any = None
         self.store_error: str | None = None
         self.keyring_ok: bool | None = None
@@ -65,6 +69,7 @@ class ControlRoom(QtCore.QObject):
         self.window.show()
         self._startup_pending = 3
         self.bridge.run(_open_store(self.options.store_url), self._on_store_open, self._on_store_error)
+        self.window.attach_data(live=self.live, bridge=self.bridge, store=lambda: self.store)
         self.bridge.run(_keyring_status(), self._on_keyring, lambda exc: self._on_keyring(None))
         self.bridge.run(_tokens_and_price(), self._on_smoke_check, self._on_smoke_check_error)
 
@@ -110,6 +115,7 @@ class ControlRoom(QtCore.QObject):
     def shutdown(self) -> None:
         self.window.save_state()
         self.demo.shutdown()
+        self.window.feed.stop()
         if self.store is not None:
             self.runtime.run(asyncio.to_thread(self.store.close), timeout=10)
         self.runtime.stop()
