@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -304,24 +305,23 @@ def aggregate(batch: RowBatch, grain: int, dims: Sequence[str], *, cube: bool) -
 
 def _tier_rows(agg: Aggregate, grain: int, *, percentiles: bool) -> list[tuple[Any, ...]]:
     """Row tuples in ``(grain, bucket, *dims, *MEASURES, *SKETCHES[, *PERCENTILE_COLUMNS])`` order."""
-    if not len(agg):
+    n = len(agg)
+    if not n:
         return []
-    lat_bytes = agg.latency.to_bytes()
-    ttft_bytes = agg.ttft.to_bytes()
-    qs = [q / 100 for q in PERCENTILES]
-    lat_q = agg.latency.quantiles(qs) if percentiles else None
-    ttft_q = agg.ttft.quantiles(qs) if percentiles else None
-    out: list[tuple[Any, ...]] = []
-    for i in range(len(agg)):
-        m = agg.measures[i].tolist()
-        for j in _INT_MEASURE_INDEX:
-            m[j] = round(m[j])
-        row: tuple[Any, ...] = (grain, float(agg.bucket[i]), *agg.keys[i], *m, lat_bytes[i], ttft_bytes[i])
-        if percentiles:
-            assert lat_q is not None and ttft_q is not None
-            row += tuple(None if math.isnan(v) else v for v in (*lat_q[i].tolist(), *ttft_q[i].tolist()))
-        out.append(row)
-    return out
+    columns: list[list[Any]] = [[grain] * n, agg.bucket.tolist()]
+    columns += [list(c) for c in zip(*agg.keys, strict=True)]
+    ints = set(_INT_MEASURE_INDEX)
+    for j in range(len(MEASURES)):
+        col = agg.measures[:, j]
+        columns.append(np.rint(col).astype(np.int64).tolist() if j in ints else col.tolist())
+    columns += [agg.latency.to_bytes(), agg.ttft.to_bytes()]
+    if percentiles:
+        qs = [q / 100 for q in PERCENTILES]
+        for merged in (agg.latency, agg.ttft):
+            values = merged.quantiles(qs)
+            for k in range(len(qs)):
+                columns.append([None if v != v else v for v in values[:, k].tolist()])  # NaN -> NULL
+    return list(zip(*columns, strict=True))
 
 
 # --- reading sources ---------------------------------------------------------------------
@@ -441,8 +441,11 @@ def _insert(conn: Connection, table: Table, columns: Sequence[str], rows: list[t
     params: list[Any]
     if order is None:
         params = [dict(zip(columns, r, strict=True)) for r in rows]
+    elif order == list(range(len(columns))):
+        params = rows
     else:
-        params = [tuple(r[i] for i in order) for r in rows]
+        pick = operator.itemgetter(*order)
+        params = [pick(r) for r in rows]
     conn.exec_driver_sql(sql, params)
     return len(rows)
 
@@ -556,13 +559,9 @@ def compact_rollups(
             if not still:
                 continue
             conn.execute(delete(ROLLUP_DIRTY).where(c.grain == BLOCK, c.bucket.in_(still)))
-            rebuilt_cube = rebuilt_user = False
-            for block in sorted(still):
-                cube_rebuilt, user_rebuilt = _compact_block(
-                    conn, block, now=now, policy=policy, rules=rules, result=result, baselines=baselines
-                )
-                rebuilt_cube |= cube_rebuilt
-                rebuilt_user |= user_rebuilt
+            rebuilt_cube, rebuilt_user = _compact_blocks(
+                conn, sorted(still), now=now, policy=policy, rules=rules, result=result, baselines=baselines
+            )
             if rebuilt_cube:
                 result.tier_rows += _rebuild(
                     conn, ROLLUP_TIER, HOUR, hour, _read_tier(conn, ROLLUP_TIER, BLOCK, hour, hour + HOUR)
@@ -618,9 +617,76 @@ def _within(horizon: float | None, bucket: float) -> bool:
     return horizon is None or bucket >= horizon
 
 
-def _compact_block(
+def _merge_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and out[-1][1] >= a:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _in_spans(bucket: F64, spans: Sequence[tuple[float, float]]) -> npt.NDArray[np.bool_]:
+    mask = np.zeros(len(bucket), dtype=bool)
+    for a, b in spans:
+        mask |= (bucket >= a) & (bucket < b)
+    return mask
+
+
+def _subset(batch: RowBatch, mask: npt.NDArray[np.bool_]) -> RowBatch:
+    if mask.all():
+        return batch
+    idx = np.flatnonzero(mask)
+    return RowBatch(
+        batch.bucket[idx],
+        {d: v[idx] for d, v in batch.dims.items()},
+        batch.measures[idx],
+        ([batch.sketches[0][i] for i in idx], [batch.sketches[1][i] for i in idx]),
+    )
+
+
+def _replace_spans(
     conn: Connection,
-    block: float,
+    table: Table,
+    grain: int,
+    spans: Sequence[tuple[float, float]],
+    rows: list[tuple[Any, ...]],
+) -> int:
+    if not spans:
+        return 0
+    c = table.c
+    conn.execute(
+        delete(table).where(c.grain == grain, or_(*[and_(c.bucket >= a, c.bucket < b) for a, b in spans]))
+    )
+    return _insert(conn, table, _TIER_WRITE if table is ROLLUP_TIER else _USER_WRITE, rows)
+
+
+def _rebuild_fine(
+    conn: Connection,
+    table: Table,
+    blocks: Sequence[float],
+    source: RowBatch,
+    now: float,
+    policy: RetentionPolicy,
+) -> int:
+    """Replace the 60- and 300-second rows of ``blocks`` with ``source`` (minute rows or user cells) regrouped."""
+    cube = table is ROLLUP_TIER
+    written = 0
+    for grain in (60, BLOCK):
+        kept = [b for b in blocks if _within(policy.tier_horizon(grain, now), b)]
+        spans = _merge_spans((b, b + BLOCK) for b in kept)
+        if not spans:
+            continue
+        part = _subset(source, _in_spans(source.bucket, spans)) if len(kept) < len(blocks) else source
+        agg = aggregate(part, grain, DIMS if cube else USER_DIMS, cube=cube)
+        written += _replace_spans(conn, table, grain, spans, _tier_rows(agg, grain, percentiles=cube))
+    return written
+
+
+def _compact_blocks(
+    conn: Connection,
+    blocks: Sequence[float],
     *,
     now: float,
     policy: RetentionPolicy,
@@ -628,54 +694,47 @@ def _compact_block(
     result: CompactionResult,
     baselines: dict[float, dict[str, tuple[float, float, float | None]]],
 ) -> tuple[bool, bool]:
-    """One block: cube and user tiers at 60 and 300, and outliers.  Returns (cube rebuilt, user rebuilt)."""
-    end = block + BLOCK
-    minute_rows = read_minute_rows(conn, [(block, end)])
-    events_where = [EVENTS.c.ts_start >= block, EVENTS.c.ts_start < end]
-    user_rows = read_user_cells(conn, [(block, end)])
-    late = False
+    """Blocks of one hour: cube and user tiers at 60 and 300 s, and outliers, in a few statements for all.
 
-    # Cube tiers from the minute rows.
-    if _within(policy.horizon(policy.minute_days, now), block):
-        for grain in (60, BLOCK):
-            if _within(policy.tier_horizon(grain, now), block):
-                agg = aggregate(minute_rows, grain, DIMS, cube=True)
-                result.tier_rows += _replace(
-                    conn, ROLLUP_TIER, grain, (block, end), _tier_rows(agg, grain, percentiles=True)
-                )
-        cube_rebuilt = True
-    else:
-        late = True
+    Returns whether the hour's cube and user rows must be rebuilt from its 300-second rows.
+    """
+    minute_h = policy.horizon(policy.minute_days, now)
+    events_h = policy.horizon(policy.events_days, now)
+    late: set[float] = set()
+
+    fresh = [b for b in blocks if _within(minute_h, b)]
+    if fresh:
+        rows = read_minute_rows(conn, _merge_spans((b, b + BLOCK) for b in fresh))
+        result.tier_rows += _rebuild_fine(conn, ROLLUP_TIER, fresh, rows, now, policy)
+    for block in (b for b in blocks if not _within(minute_h, b)):
+        late.add(block)
+        rows = read_minute_rows(conn, [(block, block + BLOCK)])
         for grain, start, stop in _spans(block):
             if _within(policy.tier_horizon(grain, now), start):
-                result.tier_rows += _add_into(conn, ROLLUP_TIER, grain, (start, stop), minute_rows)
+                result.tier_rows += _add_into(conn, ROLLUP_TIER, grain, (start, stop), rows)
         m = ROLLUP_MINUTE.c
-        conn.execute(delete(ROLLUP_MINUTE).where(m.minute >= block, m.minute < end))
-        cube_rebuilt = False
+        conn.execute(delete(ROLLUP_MINUTE).where(m.minute >= block, m.minute < block + BLOCK))
 
-    # User tiers and outliers from the events.
-    if _within(policy.horizon(policy.events_days, now), block):
-        for grain in (60, BLOCK):
-            if _within(policy.tier_horizon(grain, now), block):
-                agg = aggregate(user_rows, grain, USER_DIMS, cube=False)
-                result.user_rows += _replace(
-                    conn, ROLLUP_USER, grain, (block, end), _tier_rows(agg, grain, percentiles=False)
-                )
+    fresh_events = [b for b in blocks if _within(events_h, b)]
+    if fresh_events:
+        spans = _merge_spans((b, b + BLOCK) for b in fresh_events)
+        cells = read_user_cells(conn, spans)
+        result.user_rows += _rebuild_fine(conn, ROLLUP_USER, fresh_events, cells, now, policy)
         o = OUTLIERS.c
-        conn.execute(delete(OUTLIERS).where(o.ts >= block, o.ts < end))
-        result.outliers += _find_outliers(conn, block, end, rules, baselines)
-        user_rebuilt = True
-    else:
-        late = True
+        conn.execute(delete(OUTLIERS).where(or_(*[and_(o.ts >= a, o.ts < b) for a, b in spans])))
+        result.outliers += _find_outliers(conn, spans, rules, baselines)
+    for block in (b for b in blocks if not _within(events_h, b)):
+        late.add(block)
+        span = [(block, block + BLOCK)]
+        cells = read_user_cells(conn, span)
         for grain, start, stop in _spans(block):
             if _within(policy.tier_horizon(grain, now), start):
-                result.user_rows += _add_into(conn, ROLLUP_USER, grain, (start, stop), user_rows)
-        result.outliers += _find_outliers(conn, block, end, rules, baselines)
-        conn.execute(delete(EVENTS).where(*events_where))
-        user_rebuilt = False
-    if late:
-        result.late_blocks += 1
-    return cube_rebuilt, user_rebuilt
+                result.user_rows += _add_into(conn, ROLLUP_USER, grain, (start, stop), cells)
+        result.outliers += _find_outliers(conn, span, rules, baselines)
+        e = EVENTS.c
+        conn.execute(delete(EVENTS).where(e.ts_start >= block, e.ts_start < block + BLOCK))
+    result.late_blocks += len(late)
+    return bool(fresh), bool(fresh_events)
 
 
 # --- outliers ----------------------------------------------------------------------------
@@ -729,19 +788,24 @@ def route_baselines(
 
 def detect_outliers(
     conn: Connection,
-    start: float,
-    end: float,
+    spans: Sequence[tuple[float, float]],
     rules: OutlierRules,
     cache: dict[float, dict[str, tuple[float, float, float | None]]],
 ) -> list[dict[str, Any]]:
-    """The outliers among the events of ``[start, end)``, as ``outliers`` rows (not written).
+    """The outliers among the events in ``spans`` (``[start, end)`` ranges), as ``outliers`` rows (not written).
 
-    ``cache`` keeps route baselines per hour across calls of one pass.
+    Each route is judged against its usual over the ``baseline_days`` before
+    the hour of the first span; ``cache`` keeps those baselines per hour
+    across calls of one pass.
     """
+    if not spans:
+        return []
     e = EVENTS.c
-    rows = conn.execute(select(*_OUTLIER_EVENT_COLUMNS).where(e.ts_start >= start, e.ts_start < end)).all()
+    cond = or_(*[and_(e.ts_start >= a, e.ts_start < b) for a, b in spans])
+    rows = conn.execute(select(*_OUTLIER_EVENT_COLUMNS).where(cond)).all()
     if not rows:
         return []
+    start = min(a for a, _ in spans)
     hour = start - start % HOUR
     baselines = cache.get(hour)
     if baselines is None:
@@ -778,13 +842,12 @@ def detect_outliers(
 
 def _find_outliers(
     conn: Connection,
-    start: float,
-    end: float,
+    spans: Sequence[tuple[float, float]],
     rules: OutlierRules,
     cache: dict[float, dict[str, tuple[float, float, float | None]]],
 ) -> int:
-    """Record the outliers of ``[start, end)``; one already recorded stays recorded once."""
-    found = detect_outliers(conn, start, end, rules, cache)
+    """Record the outliers in ``spans``; one already recorded stays recorded once."""
+    found = detect_outliers(conn, spans, rules, cache)
     if not found:
         return 0
     table = OUTLIERS

@@ -824,7 +824,7 @@ def find_outliers(
         fresh: list[Outlier] = []
         cache: dict[float, Any] = {}
         for b in blocks:
-            for found in detect_outliers(conn, max(b, since), min(b + BLOCK, until), rules, cache):
+            for found in detect_outliers(conn, [(max(b, since), min(b + BLOCK, until))], rules, cache):
                 out = Outlier(**{k: found[k] for k in _OUTLIER_FIELDS})
                 if kind is not None and out.kind != kind:
                     continue
