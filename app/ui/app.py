@@ -114,8 +114,8 @@ class ControlRoom(QtCore.QObject):
     # -- shut-down ----------------------------------------------------------------
     def shutdown(self) -> None:
         self.window.save_state()
-        self.window.feed.stop()
         self.demo.shutdown()
+        self.window.feed.stop()
         if self.store is not None:
             self.runtime.run(asyncio.to_thread(self.store.close), timeout=10)
         self.runtime.stop()
