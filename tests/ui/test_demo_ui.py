@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from app.demo import WeatherPhase, WeatherSchedule
 from app.ui.app import ControlRoom, UiOptions
 from app.ui.demo_control import STOP_SHORTCUT
 from app.ui.qt import Qt, QtGui, QtWidgets
@@ -43,10 +44,17 @@ def make_app(qtbot: Any) -> Iterator[Any]:
 def test_demo_shows_the_badge_feeds_live_data_and_one_click_stops_it(
     qtbot: Any, make_app: Any, tmp_path: Path
 ) -> None:
-    app = make_app(UiOptions(store_url=f"sqlite:///{tmp_path / 's.sqlite3'}", demo=True), backfill_hours=0.5)
+    # Instant weather: the stop does not wait for slow streams to finish.
+    calm = WeatherSchedule((WeatherPhase("instant", 600.0),), loop=False)
+    app = make_app(
+        UiOptions(store_url=f"sqlite:///{tmp_path / 's.sqlite3'}", demo=True),
+        backfill_hours=0.5,
+        weather=calm,
+    )
     demo = app.demo
     qtbot.waitUntil(lambda: demo.state == "running", timeout=30_000)
     assert demo.badge.isVisible() and demo.badge.text().startswith("DEMO")
+    qtbot.waitUntil(lambda: "instant" in demo.badge.text(), timeout=5_000)  # the weather shows
     assert demo.button.isVisible() and demo.action.isEnabled()
     assert demo.action.shortcut().toString() == QtGui.QKeySequence(STOP_SHORTCUT).toString()
     live = app.live if hasattr(app, "live") else None
