@@ -100,16 +100,21 @@ def run_until_done(cmd: list[str], rng: random.Random, *, max_kills: int = 12) -
     kills = 0
     while True:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        if kills < max_kills:
-            deadline = time.monotonic() + rng.uniform(0.2, 3.0)
-            while proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
+        try:
+            if kills < max_kills:
+                deadline = time.monotonic() + rng.uniform(0.2, 3.0)
+                while proc.poll() is None and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.communicate(timeout=30)
+                    kills += 1
+                    continue
+            out, err = proc.communicate(timeout=600)
+        finally:
+            if proc.poll() is None:  # the test itself failed or timed out: leave nothing behind
+                proc.kill()
                 proc.communicate(timeout=30)
-                kills += 1
-                continue
-        out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
         return kills, out.decode()
 
@@ -157,6 +162,7 @@ def test_tail_killed_and_restarted_resumes_exactly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_ingest_survives_twenty_rounds_of_sigkill(tmp_path: Path) -> None:
     kills = crash_rounds(tmp_path, rounds=20, n=20_000, tail=False)
     print(f"\n20 rounds of controlroom ingest, {kills} SIGKILLs")
@@ -164,6 +170,7 @@ def test_ingest_survives_twenty_rounds_of_sigkill(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_tail_survives_twenty_rounds_of_sigkill(tmp_path: Path) -> None:
     kills = crash_rounds(tmp_path, rounds=20, n=20_000, tail=True)
     print(f"\n20 rounds of the JSONL tail, {kills} SIGKILLs")

@@ -52,8 +52,11 @@ def test_counts_land_in_their_second_with_every_figure() -> None:
     assert Failure.NONE not in s.failures
     assert s.input_tokens[2] == 10 and s.output_tokens[2] == 5 and s.cost_usd[2] == 0.5
     assert s.cost_unknown[2] == 1 and s.cache_hits[2] == 1
-    assert s.latency_ms[0.5][2] == 100.0 and s.latency_ms[0.99][2] == 300.0
-    assert s.ttft_ms[0.5][2] == 20.0 and math.isnan(s.ttft_ms[0.5][4])
+    # Percentiles come from 1%-accurate bins (the rollups' sketch mapping).
+    assert s.latency_ms[0.5][2] == pytest.approx(100.0, rel=0.01)
+    # Ranked like DDSketch and the rollups (rank q * (n - 1)): of two values, p99 is the lower.
+    assert s.latency_ms[0.99][2] == pytest.approx(100.0, rel=0.01)
+    assert s.ttft_ms[0.5][2] == pytest.approx(20.0, rel=0.01) and math.isnan(s.ttft_ms[0.5][4])
     assert math.isnan(s.latency_ms[0.95][0])
 
 
@@ -70,7 +73,7 @@ def test_filters_pick_their_traffic() -> None:
     assert live.series(LiveFilter(provider="anthropic"), seconds=1).requests[-1] == 2
     assert live.series(LiveFilter(provider="anthropic", user="u2"), seconds=1).requests[-1] == 1
     assert live.series(LiveFilter(model="a", feature="f2"), seconds=1).requests[-1] == 0
-    assert live.series(LiveFilter(route="r1"), seconds=1).latency_ms[0.5][-1] == 10.0
+    assert live.series(LiveFilter(route="r1"), seconds=1).latency_ms[0.5][-1] == pytest.approx(10.0, rel=0.01)
     assert live.dimension_values("provider") == ["anthropic", "openai"]
     assert live.dimension_values("user") == ["u1", "u2"]
     with pytest.raises(ValueError, match="not a live dimension"):
@@ -100,28 +103,54 @@ def test_cached_seconds_are_recomputed_when_they_change() -> None:
     assert live.series(seconds=3).requests.tolist() == [0, 1, 0]
     live.add([ev(NOW - 1, latency_ms=500.0), ev(NOW - 1, latency_ms=600.0)])  # a late arrival
     s = live.series(seconds=3)
-    assert s.requests.tolist() == [0, 3, 0] and s.latency_ms[0.5][1] == 500.0
+    assert s.requests.tolist() == [0, 3, 0] and s.latency_ms[0.5][1] == pytest.approx(500.0, rel=0.01)
     # Other filters are cached independently and agree.
     assert live.series(LiveFilter(provider="openai"), seconds=3).requests.tolist() == [0, 3, 0]
 
 
-def test_sampled_percentiles_stay_close_and_weighted() -> None:
+def test_percentiles_are_within_one_percent_raw_and_compacted() -> None:
     rng = random.Random(3)
-    live = LiveAggregator(reservoir=256, clock=Clock(), seed=1)
-    fast = [rng.lognormvariate(5, 0.3) for _ in range(20_000)]  # one cell: sampled down to 256
-    slow = [rng.lognormvariate(8, 0.3) for _ in range(200)]  # another cell: kept whole
-    live.add([ev(NOW, model="fast", latency_ms=v) for v in fast])
-    live.add([ev(NOW, model="slow", latency_ms=v) for v in slow])
+    clock = Clock()
+    live = LiveAggregator(clock=clock)
+    fast = [rng.lognormvariate(5, 0.3) for _ in range(20_000)]
+    slow = [rng.lognormvariate(8, 0.3) for _ in range(200)]
+    live.add([ev(NOW, model="fast", latency_ms=v, ttft_ms=v / 3) for v in fast])
+    live.add([ev(NOW, model="slow", latency_ms=v, ttft_ms=0.0) for v in slow])
     values = np.array(fast + slow)
-    s = live.series(seconds=1)
-    assert s.requests[-1] == 20_200
-    for q in (0.5, 0.95):
-        exact = float(np.quantile(values, q))
-        assert s.latency_ms[q][-1] == pytest.approx(exact, rel=0.1)
-    # Unweighted, the 200 slow values would be 44% of the samples and drag p95 far up.
-    assert s.latency_ms[0.95][-1] < float(np.quantile(slow, 0.05))
-    headline = live.percentiles(seconds=60)
-    assert headline[0.5] == pytest.approx(float(np.quantile(values, 0.5)), rel=0.1)
+
+    def check() -> None:
+        s = live.series(seconds=10)
+        assert s.requests[-1 - int(clock.t - NOW)] == 20_200
+        row = -1 - int(clock.t - NOW)
+        for q in (0.5, 0.95, 0.99):
+            exact = float(np.quantile(values, q, method="lower"))
+            assert s.latency_ms[q][row] == pytest.approx(exact, rel=0.01)
+        assert s.ttft_ms[0.5][row] == pytest.approx(float(np.quantile(np.array(fast) / 3, 0.5)), rel=0.01)
+        headline = live.percentiles(seconds=60)
+        assert headline[0.99] == pytest.approx(float(np.quantile(values, 0.99, method="lower")), rel=0.01)
+
+    check()  # raw values
+    clock.t = NOW + 5
+    live.add([])  # compacts seconds older than two
+    slot = live._slots[int(NOW) % live.window_s]
+    assert not slot.raw and all(cell[-2] is not None for cell in slot.cells.values())
+    check()  # the same answers from bins
+    live.add([ev(NOW, model="fast", latency_ms=1.0)])  # a late event into a compacted second
+    assert live.series(seconds=10).requests[-6] == 20_201
+    live.add([])
+    assert live.series(seconds=10).requests[-6] == 20_201
+
+
+def test_bin_keys_match_the_rollup_sketch_mapping() -> None:
+    from app.core.sketch import LatencySketch
+    from app.sources.live import bin_keys, key_value
+
+    mapping = LatencySketch()._sketch._mapping
+    values = np.array([0.001, 0.5, 1.0, 1.5, 99.9, 100.0, 12345.678, 1e7])
+    assert bin_keys(values).tolist() == [mapping.key(v) for v in values]
+    assert key_value(int(bin_keys(np.array([0.0]))[0])) == 0.0
+    for v in values:
+        assert key_value(mapping.key(v)) == pytest.approx(v, rel=0.01)
 
 
 def test_add_and_series_from_two_threads() -> None:
