@@ -376,6 +376,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
     from app.core.config import check_config
     from app.gateway import control
     from storage.engine import StoreError, open_store
+    from storage.queries.control import ConflictError
 
     try:
         if args.config_command == "export":
@@ -421,8 +422,12 @@ def _cmd_config(args: argparse.Namespace) -> int:
             where = store.url
         _print_apply(report, name, where)
         return EXIT_OK
-    except (control.ControlError, StoreError) as exc:
-        print(f"controlroom: {exc}", file=sys.stderr)
+    except ConflictError as exc:
+        print(f"controlroom: {exc}; nothing was applied, run it again", file=sys.stderr)
+        return EXIT_FAILURE
+    except (control.ControlError, StoreError, ValueError) as exc:
+        # ValueError: the store refused an object (its own checks); the transaction rolled back.
+        print(f"controlroom: {exc}; nothing in the store changed", file=sys.stderr)
         return EXIT_FAILURE
 
 

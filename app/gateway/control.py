@@ -46,7 +46,7 @@ Bind = Store | Engine | Connection
 #: The audit object type that carries ``breakers.default`` (see the module docstring).
 BREAKER_DEFAULTS = "breaker_defaults"
 _KINDS: tuple[q.ControlKind, ...] = ("provider", "target", "route", "budget")
-_BOOKKEEPING = ("revision", "created_at", "updated_at")
+_PG_APPLY_LOCK = 0x636F6E666967  # "config": any constant, the same in every process
 
 
 class ControlError(Exception):
@@ -209,6 +209,10 @@ def apply_config(
     desired_defaults = _breaker_defaults_data(cfg.breakers.default)
     report = ApplyReport(dry_run=dry_run)
     with _write(store) as conn:
+        if conn.dialect.name == "postgresql":
+            # Two applies at once would each plan against what the other is changing: queue them.
+            # (SQLite's BEGIN IMMEDIATE already does.)  Released at commit or rollback.
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_APPLY_LOCK})")
         report.version_before = q.get_control_version(conn)
         current = {kind: {row["name"]: row for row in q.list_objects(conn, kind)} for kind in _KINDS}
 

@@ -8,6 +8,7 @@ a version bump; on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import getpass
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,30 @@ def test_the_store_side_mapping_keeps_key_references_as_references(store_url: st
     assert rows["anthropic-main"]["api_key_ref"] == "keyring:controlroom/anthropic-main"
     assert rows["openai-main"]["api_key_ref"] == "env:OPENAI_API_KEY"
     assert rows["local"]["api_key_ref"] == "none"
+
+
+def test_two_applies_at_once_are_serialized_not_interleaved(store_url: str) -> None:
+    first = parse_config(FULL, "a.yaml")
+    second = parse_config(FULL.replace("deadline_s: 20", "deadline_s: 11"), "b.yaml")
+    errors: list[BaseException] = []
+
+    def apply(cfg: ControlConfig, who: str) -> None:
+        try:
+            with open_store(store_url) as s:
+                control.apply_config(s, cfg, actor=who)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=apply, args=(c, w)) for c, w in ((first, "ana"), (second, "bo"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with open_store(store_url) as s:
+        final = control.load_config(s)
+        route = final.route("default")
+        assert route is not None and route.deadline_s in (20, 11)
+        # Whoever went second changed exactly the route (the first created everything).
+        audit = q.list_audit(s.engine, limit=100)
+        assert len(audit) == 12 and audit[0].object_name == "default"
