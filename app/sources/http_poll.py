@@ -412,7 +412,7 @@ class HttpPoller:
         lines: list[bytes] | None = None
         cursor: Any = None
         has_more = False
-        if ctype in _NDJSON_TYPES or ctype.startswith("text/"):
+        if ctype in _NDJSON_TYPES or ctype == "text/plain":
             lines = [ln for ln in body.splitlines() if ln.strip()]
             records: list[Any] = [None] * len(lines)
         else:
