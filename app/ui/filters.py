@@ -110,6 +110,51 @@ def default_settings() -> QSettings:
     return QSettings(str(paths.config_dir() / "ui.ini"), QSettings.Format.IniFormat)
 
 
+class DimensionCombo(QtWidgets.QComboBox):
+    """A narrow combo that reads ``provider`` when it shows all, ``route: search`` when one is chosen.
+
+    The list that drops down is wider, with ``All providers`` first; a long
+    value is elided on the closed combo and shown whole in its tooltip.
+    """
+
+    def __init__(self, dim: str, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent, objectName=f"filter-{dim}")
+        self.dim = dim
+        self.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(11)
+        self.view().setMinimumWidth(220)
+        self.setAccessibleName(f"Filter by {dim}")
+        self.currentIndexChanged.connect(self._on_index)
+        self._on_index()
+
+    def shown_text(self) -> str:
+        value = self.currentData()
+        return self.dim if value is None else f"{self.dim}: {value}"
+
+    def _on_index(self, *_args: object) -> None:
+        value = self.currentData()
+        self.setToolTip(
+            f"Showing every {self.dim} (Ctrl+F focuses the filters)"
+            if value is None
+            else f"Showing only {self.dim} {value}"
+        )
+
+    def paintEvent(self, event: object) -> None:
+        painter = QtWidgets.QStylePainter(self)
+        opt = QtWidgets.QStyleOptionComboBox()
+        self.initStyleOption(opt)
+        text = self.shown_text()
+        rect = self.style().subControlRect(
+            QtWidgets.QStyle.ComplexControl.CC_ComboBox,
+            opt,
+            QtWidgets.QStyle.SubControl.SC_ComboBoxEditField,
+            self,
+        )
+        opt.currentText = self.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight, rect.width())
+        painter.drawComplexControl(QtWidgets.QStyle.ComplexControl.CC_ComboBox, opt)
+        painter.drawControl(QtWidgets.QStyle.ControlElement.CE_ComboBoxLabel, opt)
+
+
 class FilterBar(QtWidgets.QFrame):
     """provider ▾ model ▾ route ▾ feature ▾ user ▾ | range ▾ | ● LIVE / ❚❚."""
 
@@ -130,16 +175,13 @@ class FilterBar(QtWidgets.QFrame):
         layout.setSpacing(6)
         self.combos: dict[str, QtWidgets.QComboBox] = {}
         for dim in DIMENSIONS:
-            combo = QtWidgets.QComboBox(objectName=f"filter-{dim}")
-            combo.setAccessibleName(f"Filter by {dim}")
-            combo.setToolTip(f"Show only one {dim} (Ctrl+F focuses the filters)")
-            combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
-            combo.setMinimumContentsLength(10)
+            combo = DimensionCombo(dim)
             combo.addItem(_DIM_TITLES[dim], None)
             combo.currentIndexChanged.connect(self._on_combo)
             self.combos[dim] = combo
             layout.addWidget(combo)
         self.clear_button = QtWidgets.QToolButton(text="Clear")
+        self.clear_button.setVisible(False)
         self.clear_button.setToolTip("Show all traffic again")
         self.clear_button.clicked.connect(self.clear_filters)
         layout.addWidget(self.clear_button)
@@ -149,19 +191,21 @@ class FilterBar(QtWidgets.QFrame):
         layout.addWidget(sep)
         self.range_combo = QtWidgets.QComboBox(objectName="filter-range")
         self.range_combo.setAccessibleName("Time range")
+        self.range_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
         self.range_combo.setToolTip(
             "Live: the last 5 or 15 minutes at 1-second steps (15 minutes are kept in memory).\n"
             "Longer ranges come from the store's rollups at 1-minute steps or coarser."
         )
         for r in RANGES:
             self.range_combo.addItem(r.label, r.key)
+        self.range_combo.setCurrentIndex(self.range_combo.findData(DEFAULT_RANGE))
         self.range_combo.currentIndexChanged.connect(self._on_combo)
         layout.addWidget(self.range_combo)
         self.live_button = QtWidgets.QPushButton(objectName="liveButton")
         self.live_button.setCheckable(True)
         self.live_button.setAccessibleName("Pause or resume live charts")
         self.live_button.setToolTip("Pause or resume the live charts (Space)")
-        self.live_button.setMinimumWidth(96)
+        self.live_button.setMinimumWidth(84)
         self.live_button.clicked.connect(self.toggle_pause)
         layout.addWidget(self.live_button)
         self._sync_live_button()
@@ -231,6 +275,7 @@ class FilterBar(QtWidgets.QFrame):
             state = state.with_(paused=False)
         changed = state != self._state
         self._state = state
+        self.clear_button.setVisible(any(v is not None for v in state.dims().values()))
         self._sync_live_button()
         if changed:
             self.save()

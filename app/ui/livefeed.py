@@ -106,6 +106,8 @@ class TrafficFrame:
     ttft_ms: dict[str, F64]  # p50, p95
     spend_day_usd: F64
     budgets: list[BudgetLine] = field(default_factory=list)
+    #: Live: spend in the 60 s ending at each second (NaN where less than a minute is known).
+    cost_min: F64 | None = None
     made_at: float = field(default_factory=time.time)
 
     @property
@@ -124,12 +126,9 @@ class TrafficFrame:
     @property
     def cost_per_min(self) -> F64:
         """Live: spend in the 60 s ending at each second; history: the bucket's spend per minute."""
-        if not self.live:
-            return self.rate(self.cost_usd)
-        c = np.concatenate([[0.0], np.cumsum(self.cost_usd)])
-        n = len(self.cost_usd)
-        lo = np.maximum(np.arange(1, n + 1) - 60, 0)
-        return c[1:] - c[lo]
+        if self.cost_min is not None:
+            return self.cost_min
+        return self.rate(self.cost_usd)
 
     @property
     def errors(self) -> F64:
@@ -146,6 +145,14 @@ def live_frame(
     live: LiveAggregator, state: FilterState, facts: StoreFacts | None = None, *, now: float | None = None
 ) -> TrafficFrame:
     """The live window for ``state`` (1-second buckets) from the aggregator."""
+    # End at the last complete second: the current one is still filling and would always dip.
+    now = (live.clock() if now is None else now) - 1.0
+    # A minute more than shown, so the first seconds' "cost in the last minute" is whole.
+    wide = live.series(state.live_filter(), seconds=state.seconds + 59, now=now)
+    c = np.concatenate([[0.0], np.cumsum(wide.cost_usd)])
+    ends = np.arange(1, len(wide.t) + 1)
+    per_min = c[ends] - c[np.maximum(ends - 60, 0)]
+    per_min[:59] = np.nan  # less than a minute behind it (the aggregator keeps 15 minutes)
     s = live.series(state.live_filter(), seconds=state.seconds, now=now)
     cost = s.cost_usd
     cum = np.cumsum(cost)
@@ -171,6 +178,7 @@ def live_frame(
         ttft_ms={"p50": s.ttft_ms[0.5], "p95": s.ttft_ms[0.95]},
         spend_day_usd=spend,
         budgets=list(facts.budgets) if facts is not None else [],
+        cost_min=per_min[-len(s.t) :],
     )
 
 
@@ -546,7 +554,9 @@ class LiveFeed(QObject):
             self._facts_busy = False
         else:
             self._history_busy = False
-        if gen != self._generation:
-            return
+        if gen != self._generation or isinstance(
+            exc, concurrent.futures.CancelledError | asyncio.CancelledError
+        ):
+            return  # shutting down, or a newer question was asked
         log.warning("%s could not be read: %s: %s", what, type(exc).__name__, exc)
         self.error.emit(f"{what}: {type(exc).__name__}: {exc}")

@@ -58,6 +58,15 @@ def _num(v: float) -> str:
     return fmt.fmt_count(v)
 
 
+def _latency_tick(v: float) -> str:
+    """Latency ticks without trailing zeros: ``500 ms``, ``1.5 s``, ``2 s``."""
+    text = fmt.fmt_latency_ms(v)
+    if text.endswith(" s") and "." in text:
+        number = text[:-2].rstrip("0").rstrip(".")
+        text = f"{number} s"
+    return text
+
+
 def _pct(v: float) -> str:
     return fmt.fmt_percent(v, 1)
 
@@ -193,11 +202,11 @@ class TrafficPage(QtWidgets.QWidget):
                 "latency",
                 "Latency",
                 "latency",
-                fmt.fmt_latency_ms,
+                _latency_tick,
                 [
-                    SeriesSpec("p50", "p50", p.lat[0]),
-                    SeriesSpec("p95", "p95", p.lat[1]),
-                    SeriesSpec("p99", "p99", p.lat[2], width=1.5),
+                    SeriesSpec("p50", "p50", p.lat[0], formatter=fmt.fmt_latency_ms),
+                    SeriesSpec("p95", "p95", p.lat[1], formatter=fmt.fmt_latency_ms),
+                    SeriesSpec("p99", "p99", p.lat[2], width=1.5, formatter=fmt.fmt_latency_ms),
                 ],
                 minimum_top=100.0,
             ),
@@ -205,8 +214,11 @@ class TrafficPage(QtWidgets.QWidget):
                 "ttft",
                 "Time to first token",
                 "time to first token",
-                fmt.fmt_latency_ms,
-                [SeriesSpec("p50", "p50", p.ttft[0]), SeriesSpec("p95", "p95", p.ttft[1])],
+                _latency_tick,
+                [
+                    SeriesSpec("p50", "p50", p.ttft[0], formatter=fmt.fmt_latency_ms),
+                    SeriesSpec("p95", "p95", p.ttft[1], formatter=fmt.fmt_latency_ms),
+                ],
                 minimum_top=100.0,
             ),
             TimeChart(

@@ -1,0 +1,360 @@
+"""The Traffic page: renders demo data, filters change the series, the crosshair reads the store's numbers."""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.core.event import FAILURE_TYPES, Failure
+from app.runtime import Runtime
+from app.sources.base import Batch
+from app.sources.live import LiveAggregator, LiveFilter
+from app.sources.pipeline import Pipeline
+from app.ui.bridge import Bridge
+from app.ui.charts import GrowingRange, nice_ceiling
+from app.ui.filters import FilterBar, FilterState
+from app.ui.livefeed import LiveFeed, history_frame, live_frame, read_store_facts
+from app.ui.main_window import MainWindow
+from app.ui.pages.traffic import CHART_KEYS, TrafficPage
+from app.ui.qt import Qt, QtGui, QtWidgets
+from storage.engine import open_store
+from storage.queries.control import save_object
+from storage.queries.series import query_series
+from tests.ui.traffic_data import synthetic_events
+
+pytestmark = pytest.mark.gui
+
+NOW = 1_764_400_000.25  # a fixed "now" for seeded live data: every number below is reproducible
+
+
+@pytest.fixture
+def seeded_live() -> LiveAggregator:
+    live = LiveAggregator(clock=lambda: NOW)
+    live.add(list(synthetic_events(NOW - 900, 900, seed=3)))
+    return live
+
+
+@pytest.fixture
+def page(qtbot: object) -> Iterator[TrafficPage]:
+    p = TrafficPage()
+    qtbot.addWidget(p)  # type: ignore[attr-defined]
+    p.resize(1200, 900)
+    p.show()
+    qtbot.waitExposed(p)  # type: ignore[attr-defined]
+    yield p
+
+
+@pytest.fixture
+def window(qtbot: object) -> Iterator[MainWindow]:
+    w = MainWindow()
+    qtbot.addWidget(w)  # type: ignore[attr-defined]
+    w.resize(1280, 800)
+    w.show()
+    qtbot.waitExposed(w)  # type: ignore[attr-defined]
+    yield w
+    w.feed.stop()
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def test_nice_ceiling_and_a_range_that_only_grows() -> None:
+    assert [nice_ceiling(v) for v in (0.7, 1, 1.1, 2.2, 3, 7, 420)] == [1, 1, 2, 2.5, 5, 10, 500]
+    r = GrowingRange(minimum=1.0)
+    assert r.fit(0.5) == 1.0
+    assert r.fit(8.0) == 10.0  # 8 x 1.25 headroom -> 10
+    assert r.fit(3.0) == 10.0  # never shrinks while live: no flicker
+    r.reset()
+    assert r.fit(3.0) == 5.0
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def test_every_chart_renders_live_data_with_units(page: TrafficPage, seeded_live: LiveAggregator) -> None:
+    page.apply_frame(live_frame(seeded_live, FilterState()))
+    assert set(page.charts) == set(CHART_KEYS)
+    assert page.empty.isHidden()
+    for key, chart in page.charts.items():
+        xs, _ys = chart.curves[chart.specs[0].key].getData()
+        assert xs is not None and len(xs) == 900, key
+        assert chart.plot.getAxis("left").labelText, f"{key} has no unit on its axis"
+        assert chart.plot.getViewBox().state["autoRange"] == [False, False], "live charts must not autorange"
+    units = {k: c.plot.getAxis("left").labelText for k, c in page.charts.items()}
+    assert (
+        units["requests"] == "requests /s" and units["cost"] == "USD /min" and units["tokens"] == "tokens /s"
+    )
+    assert "local time" in page.charts["tokens"].plot.getAxis("bottom").labelText
+    assert "Requests" in page.charts["requests"].header.text and "/s" in page.charts["requests"].header.text
+    # The x range is the live window, and the y range has room above the peak.
+    (x0, x1), (_y0, y1) = page.charts["requests"].plot.getViewBox().viewRange()
+    assert x1 - x0 == pytest.approx(900, abs=1)
+    assert y1 >= float(np.max(page.charts["requests"].values["requests"]))
+
+
+def test_empty_range_says_what_to_do(page: TrafficPage) -> None:
+    page.apply_frame(live_frame(LiveAggregator(clock=lambda: NOW), FilterState()))
+    assert not page.empty.isHidden()
+    assert "demo" in page.empty.label.text()
+
+
+def test_crosshair_values_are_the_aggregators_numbers(page: TrafficPage, seeded_live: LiveAggregator) -> None:
+    page.apply_frame(live_frame(seeded_live, FilterState()))
+    s = seeded_live.series(LiveFilter(), now=NOW - 1)
+    i = 500
+    t = float(s.t[i])
+    values = page.crosshair_values(t + 0.3)  # snaps to the second
+    assert page.crosshair.x == t
+    assert values["requests"]["requests"] == s.requests[i]
+    assert values["requests"]["errors"] == s.errors[i]
+    for f in FAILURE_TYPES:
+        assert values["failures"][f.value] == s.failures[f][i]
+    assert values["latency"]["p50"] == s.latency_ms[0.5][i]
+    assert values["latency"]["p95"] == s.latency_ms[0.95][i]
+    assert values["latency"]["p99"] == s.latency_ms[0.99][i]
+    assert values["ttft"]["p95"] == s.ttft_ms[0.95][i]
+    assert values["tokens"]["input"] == s.input_tokens[i]
+    assert values["tokens"]["output"] == s.output_tokens[i]
+    assert values["cache"]["hits"] == s.cache_hits[i]
+    assert values["cost"]["cost"] == pytest.approx(float(s.cost_usd[i - 59 : i + 1].sum()), rel=1e-12)
+    assert values["spend"]["spend"] == pytest.approx(float(s.cost_usd[: i + 1].sum()), rel=1e-12)
+    # The same numbers are printed in the headers, formatted the app's way.
+    header = page.charts["latency"].header.text
+    from app.core.format import fmt_latency_ms
+
+    assert fmt_latency_ms(s.latency_ms[0.95][i]) in header
+    assert time.strftime("%H:%M:%S", time.localtime(t)) in header
+    # Every chart's line sits on the same second.
+    assert {c.vline.value() for c in page.charts.values()} == {t}
+
+
+def test_filters_change_the_series_and_combine(page: TrafficPage, seeded_live: LiveAggregator) -> None:
+    all_frame = live_frame(seeded_live, FilterState())
+    one = FilterState(provider="openai", route="search")
+    frame = live_frame(seeded_live, one)
+    page.apply_frame(frame)
+    expected = seeded_live.series(LiveFilter(provider="openai", route="search"), seconds=900, now=NOW - 1)
+    np.testing.assert_array_equal(page.charts["requests"].values["requests"], expected.requests)
+    assert expected.requests.sum() < all_frame.requests.sum()
+    assert expected.requests.sum() > 0
+    only_openai = live_frame(seeded_live, FilterState(provider="openai")).requests.sum()
+    assert expected.requests.sum() < only_openai < all_frame.requests.sum()
+    assert "provider=openai · route=search" in page.context.text()
+
+
+def test_filter_bar_drives_the_feed(qtbot: object, window: MainWindow, seeded_live: LiveAggregator) -> None:
+    live = LiveAggregator()
+    live.add(list(synthetic_events(time.time() - 300, 300, seed=5)))
+    window.show_page("traffic")
+    window.attach_data(live=live)
+    qtbot.waitUntil(lambda: window.feed.last_frame is not None, timeout=5000)  # type: ignore[attr-defined]
+    page = window.pages["traffic"]
+    assert isinstance(page, TrafficPage)
+    before = float(page.charts["requests"].values["requests"].sum())
+    # The combos learn the providers seen live, then a choice narrows every chart.
+    combo = window.filters.combos["provider"]
+    qtbot.waitUntil(lambda: combo.findData("anthropic") > 0, timeout=5000)  # type: ignore[attr-defined]
+    combo.setCurrentIndex(combo.findData("anthropic"))
+    assert window.feed.state.provider == "anthropic"
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: page.frame is not None and page.frame.state.provider == "anthropic", timeout=5000
+    )
+    after = float(page.charts["requests"].values["requests"].sum())
+    assert 0 < after < before
+    assert combo.shown_text() == "provider: anthropic"
+
+
+def test_pause_holds_the_picture_and_space_resumes(
+    qtbot: object, window: MainWindow, seeded_live: LiveAggregator
+) -> None:
+    live = LiveAggregator()
+    live.add(list(synthetic_events(time.time() - 120, 120)))
+    window.show_page("traffic")
+    window.attach_data(live=live)
+    qtbot.waitUntil(lambda: window.feed.last_frame is not None, timeout=5000)  # type: ignore[attr-defined]
+    qtbot.keyClick(window, Qt.Key.Key_Space)  # type: ignore[attr-defined]
+    assert window.filters.state.paused and "Paused" in window.filters.live_button.text()
+    held = window.feed.last_frame
+    frames: list[object] = []
+    window.feed.frame_ready.connect(frames.append)
+    for _ in range(3):
+        window.feed.tick()
+    qtbot.waitUntil(lambda: window.feed.last_snapshot is not None, timeout=5000)  # type: ignore[attr-defined]
+    assert window.feed.last_frame is held and not frames
+    qtbot.keyClick(window, Qt.Key.Key_Space)  # type: ignore[attr-defined]
+    assert not window.filters.state.paused
+    qtbot.waitUntil(lambda: window.feed.last_frame is not held, timeout=5000)  # type: ignore[attr-defined]
+
+
+def test_ctrl_f_focuses_the_filters_and_other_pages_grey_them(qtbot: object, window: MainWindow) -> None:
+    window.show_page("traffic")
+    window.activateWindow()
+    qtbot.keyClick(window, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)  # type: ignore[attr-defined]
+    assert QtWidgets.QApplication.focusWidget() is window.filters.combos["provider"]
+    assert window.filters.isEnabled()
+    window.show_page("routing")
+    assert not window.filters.isEnabled()
+
+
+def test_filters_persist_across_restarts(qtbot: object) -> None:
+    first = FilterBar()
+    qtbot.addWidget(first)  # type: ignore[attr-defined]
+    first.set_state(FilterState(model="gpt-4o", user="ana", range_key="24h"))
+    second = FilterBar()
+    qtbot.addWidget(second)  # type: ignore[attr-defined]
+    second.restore()
+    assert second.state == FilterState(model="gpt-4o", user="ana", range_key="24h")
+    assert second.combos["model"].currentData() == "gpt-4o"
+    assert not second.live_button.isEnabled()  # history: nothing to pause
+
+
+def test_zoom_stops_following_and_double_click_returns(
+    page: TrafficPage, seeded_live: LiveAggregator
+) -> None:
+    page.apply_frame(live_frame(seeded_live, FilterState()))
+    vb = page.charts["latency"].plot.getViewBox()
+    vb.setXRange(NOW - 400, NOW - 300, padding=0)
+    vb.sigRangeChangedManually.emit(vb.state["mouseEnabled"])
+    page._on_manual_zoom()
+    assert not page.follow and "zoomed" in page.context.text()
+    page.apply_frame(live_frame(seeded_live, FilterState()))
+    (x0, x1), _ = page.charts["requests"].plot.getViewBox().viewRange()
+    assert (x0, x1) == pytest.approx((NOW - 400, NOW - 300))  # linked, and not pulled back to live
+    page.follow_live()
+    (x0, x1), _ = page.charts["requests"].plot.getViewBox().viewRange()
+    assert x1 - x0 == pytest.approx(900, abs=1)
+
+
+def test_export_writes_the_visible_series_in_utc_and_a_png(
+    page: TrafficPage, seeded_live: LiveAggregator, tmp_path: Path
+) -> None:
+    frame = live_frame(seeded_live, FilterState())
+    page.apply_frame(frame)
+    page.charts["requests"].plot.getViewBox().setXRange(frame.t[100], frame.t[160], padding=0)
+    rows = page.export_csv(tmp_path / "visible.csv")
+    with (tmp_path / "visible.csv").open(encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert rows == len(table) and 55 <= rows <= 62
+    assert "latency_p95_ms" in table[0] and "requests_requests_per_s" in table[0]
+    first = table[0]
+    t0 = time.mktime(time.strptime(first["ts_utc"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    i = int(np.searchsorted(frame.t, t0))
+    assert first["ts_utc"].endswith("Z")
+    assert float(first["requests_requests_per_s"]) == frame.requests[i]
+    assert page.export_png(tmp_path / "charts.png")
+    image = QtGui.QImage(str(tmp_path / "charts.png"))
+    assert not image.isNull() and image.width() > 600
+
+
+# --- history from the store --------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded_store(tmp_path: Path) -> Iterator[object]:
+    store = open_store(f"sqlite:///{tmp_path / 'hist.sqlite3'}")
+    now = time.time()
+    start = math.floor((now - 3 * 3600) / 60) * 60
+    events = list(synthetic_events(start, 3 * 3600 - 120, per_second=0.5, seed=11))
+    with Pipeline(store) as pipeline:
+        pipeline.write(Batch(events=events))
+    save_object(
+        store.engine,
+        "budget",
+        {"name": "daily", "scope": {}, "period": "day", "limit_usd": 50.0, "warn_at": [0.8]},
+        expected_revision=None,
+        actor="test",
+    )
+    store.events = events  # type: ignore[attr-defined]
+    yield store
+    store.close()
+
+
+def test_history_crosshair_matches_the_store_and_raw_events(page: TrafficPage, seeded_store: object) -> None:
+    engine = seeded_store.engine  # type: ignore[attr-defined]
+    events = seeded_store.events  # type: ignore[attr-defined]
+    now = time.time()
+    state = FilterState(provider="anthropic", range_key="6h")
+    frame = history_frame(engine, state, now=now)
+    page.apply_frame(frame)
+    assert frame.step_s == 60 and page.charts["requests"].plot.getAxis("left").labelText == "requests /min"
+    ref = query_series(
+        engine,
+        now - 6 * 3600,
+        now,
+        ("requests", "latency_p95", "cost_usd"),
+        filters=state.series_filter(),
+        now=now,
+    )
+    busy = int(np.argmax(ref.series[0].values["requests"]))
+    t = float(ref.buckets[busy])
+    values = page.crosshair_values(t)
+    assert values["requests"]["requests"] == ref.series[0].values["requests"][busy]
+    assert values["latency"]["p95"] == ref.series[0].values["latency_p95"][busy]
+    # ... and the store's count is the raw events' count in that minute.
+    raw = [e for e in events if e.provider == "anthropic" and t <= e.ts_end < t + 60]
+    assert values["requests"]["requests"] == len(raw) > 0
+    assert values["failures"]["timeout"] == sum(1 for e in raw if e.failure is Failure.TIMEOUT)
+    assert values["cost"]["cost"] == pytest.approx(sum(e.cost_usd for e in raw), rel=1e-9)
+    assert values["tokens"]["input"] == sum(e.input_tokens for e in raw)
+
+
+def test_feed_reads_history_and_budgets_through_the_bridge(
+    qtbot: object, seeded_store: object, tmp_path: Path
+) -> None:
+    runtime = Runtime()
+    runtime.start()
+    try:
+        feed = LiveFeed(bridge_parent := QtWidgets.QWidget())
+        qtbot.addWidget(bridge_parent)  # type: ignore[attr-defined]
+        page = TrafficPage(feed)
+        qtbot.addWidget(page)  # type: ignore[attr-defined]
+        page.show()
+        feed.set_state(FilterState(range_key="24h"))
+        feed.attach(bridge=Bridge(runtime, bridge_parent), store=lambda: seeded_store)
+        qtbot.waitUntil(lambda: page.frame is not None and bool(page.frame.budgets), timeout=15000)  # type: ignore[attr-defined]
+        assert page.frame is not None and not page.frame.live
+        assert [a.value for a in page.charts["spend"].annotations] == [50.0, 40.0]
+        assert "budget daily $50.00" in page.charts["spend"].annotations[0].item.label.toPlainText()
+        assert page.frame.requests.sum() == len(seeded_store.events)  # type: ignore[attr-defined]
+        assert "1-minute steps" in page.context.text()
+        feed.stop()
+    finally:
+        runtime.stop()
+
+
+def test_store_facts_spend_today_budgets_and_breakers(seeded_store: object) -> None:
+    from storage.queries.control import append_breaker_transition
+
+    engine = seeded_store.engine  # type: ignore[attr-defined]
+    append_breaker_transition(
+        engine, "fast", ts=time.time() - 5, from_state="closed", to_state="open", cause="t"
+    )
+    now = time.time()
+    facts = read_store_facts(engine, FilterState(), now=now)
+    day = math.floor(now / 86400) * 86400
+    expected = sum(e.cost_usd for e in seeded_store.events if e.ts_end >= day)  # type: ignore[attr-defined]
+    assert facts.spend_today_usd == pytest.approx(expected, rel=1e-9)
+    assert [b.name for b in facts.budgets] == ["daily"]
+    assert facts.open_breakers == 1
+    assert set(facts.dimension_values["provider"]) == {"openai", "anthropic"}
+    # A budget scoped to another feature does not apply to a filter on this one.
+    save_object(
+        engine,
+        "budget",
+        {"name": "chat-only", "scope": {"feature": "chat"}, "period": "day", "limit_usd": 5.0},
+        expected_revision=None,
+        actor="test",
+    )
+    assert [b.name for b in read_store_facts(engine, FilterState(feature="summarize"), now=now).budgets] == [
+        "daily"
+    ]
+    assert {b.name for b in read_store_facts(engine, FilterState(feature="chat"), now=now).budgets} == {
+        "daily",
+        "chat-only",
+    }
