@@ -143,6 +143,7 @@ class TrafficPage(QtWidgets.QWidget):
         self._query_key: tuple[object, ...] | None = None
         self._rate_unit = "s"
         self._pending: TrafficFrame | None = None
+        self.focused_chart: str | None = None
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(20, 16, 20, 8)

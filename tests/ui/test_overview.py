@@ -1,0 +1,120 @@
+"""The Overview: vital signs from the live window, change against the previous period, sparklines, click-through."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from app.sources.live import LiveAggregator, LiveFilter
+from app.ui.livefeed import OVERVIEW_PERIOD_S, SPARK_BUCKET_S, BudgetLine, StoreFacts, overview_snapshot
+from app.ui.main_window import MainWindow
+from app.ui.pages.overview import OverviewPage
+from app.ui.pages.traffic import TrafficPage
+from app.ui.qt import Qt
+from tests.ui.traffic_data import synthetic_events
+
+pytestmark = pytest.mark.gui
+
+NOW = 1_764_400_000.25
+
+
+@pytest.fixture
+def live() -> LiveAggregator:
+    agg = LiveAggregator(clock=lambda: NOW)
+    agg.add(list(synthetic_events(NOW - 900, 900, seed=9)))
+    return agg
+
+
+@pytest.fixture
+def window(qtbot: object) -> Iterator[MainWindow]:
+    w = MainWindow()
+    qtbot.addWidget(w)  # type: ignore[attr-defined]
+    w.resize(1280, 800)
+    w.show()
+    qtbot.waitExposed(w)  # type: ignore[attr-defined]
+    yield w
+    w.feed.stop()
+
+
+def test_snapshot_numbers_are_the_live_windows(live: LiveAggregator) -> None:
+    snap = overview_snapshot(live, LiveFilter(), None, now=NOW)
+    s = live.series(LiveFilter(), now=NOW)
+    p = OVERVIEW_PERIOD_S
+    assert snap.values["requests_per_s"] == pytest.approx(s.requests[-p:].sum() / p)
+    assert snap.previous["requests_per_s"] == pytest.approx(s.requests[-2 * p : -p].sum() / p)
+    assert snap.values["error_rate"] == pytest.approx(s.errors[-p:].sum() / s.requests[-p:].sum())
+    assert snap.values["cache_hit_rate"] == pytest.approx(s.cache_hits[-p:].sum() / s.requests[-p:].sum())
+    assert snap.values["p95_latency_ms"] == live.percentiles(LiveFilter(), seconds=p, now=NOW)[0.95]
+    assert snap.values["cost_today_usd"] is None  # no store yet: not a made-up zero
+    assert len(snap.sparks["requests_per_s"]) == 900 // SPARK_BUCKET_S
+
+
+def test_cost_today_adds_live_seconds_to_the_stores_figure(live: LiveAggregator) -> None:
+    facts = StoreFacts(
+        fetched_at=NOW - 30,
+        spend_today_usd=12.0,
+        spend_yesterday_usd=10.0,
+        budgets=[BudgetLine("daily", 50.0)],
+        open_breakers=2,
+    )
+    snap = overview_snapshot(live, LiveFilter(), facts, now=NOW)
+    s = live.series(LiveFilter(), now=NOW)
+    after = s.cost_usd[s.t > math.floor(NOW - 30)].sum()
+    assert snap.values["cost_today_usd"] == pytest.approx(12.0 + after)
+    assert snap.previous["cost_today_usd"] == 10.0
+    assert snap.budget_today_usd == 50.0
+    assert snap.values["open_breakers"] == 2
+
+
+def test_tiles_show_values_changes_and_sparklines(qtbot: object, live: LiveAggregator) -> None:
+    page = OverviewPage()
+    qtbot.addWidget(page)  # type: ignore[attr-defined]
+    page.show()
+    facts = StoreFacts(
+        fetched_at=NOW, spend_today_usd=12.0, spend_yesterday_usd=10.0, budgets=[BudgetLine("d", 50.0)]
+    )
+    page.apply_snapshot(overview_snapshot(live, LiveFilter(), facts, now=NOW))
+    assert page.empty.isHidden()
+    assert page.tiles["cost_today_usd"].value.text().endswith("of $50.00")
+    assert "vs yesterday by now" in page.tiles["cost_today_usd"].change.text()
+    assert "vs previous 5 min" in page.tiles["requests_per_s"].change.text()
+    assert page.tiles["requests_per_s"].value.text().endswith("/s")
+    spark = page.tiles["p95_latency_ms"].spark.values
+    assert len(spark) == 60 and np.isfinite(spark).any()
+    # The latency spike in the seeded data shows on the sparkline as its tallest point.
+    assert int(np.nanargmax(spark)) in range(30, 45)
+    # Colour says good or bad: a higher p95 is bad, a higher cache hit rate is good.
+    page.apply_snapshot(
+        {
+            "p95_latency_ms": 900.0,
+            "cache_hit_rate": 0.3,
+            "previous": {"p95_latency_ms": 600.0, "cache_hit_rate": 0.2},
+        }
+    )
+    from app.ui.theme import current_colors
+
+    colors = current_colors()
+    assert colors.bad in page.tiles["p95_latency_ms"].change.styleSheet()
+    assert colors.ok in page.tiles["cache_hit_rate"].change.styleSheet()
+
+
+def test_feed_updates_the_overview_and_a_tile_opens_its_chart(qtbot: object, window: MainWindow) -> None:
+    live = LiveAggregator()
+    live.add(list(synthetic_events(time.time() - 700, 700)))
+    window.show_page("overview")
+    window.attach_data(live=live)
+    page = window.pages["overview"]
+    assert isinstance(page, OverviewPage)
+    qtbot.waitUntil(lambda: page.tiles["requests_per_s"].value.text() != "—", timeout=5000)  # type: ignore[attr-defined]
+    assert page.tiles["error_rate"].value.text().endswith("%")
+    qtbot.mouseClick(page.tiles["cache_hit_rate"], Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
+    assert window.current_page == "traffic"
+    traffic = window.pages["traffic"]
+    assert isinstance(traffic, TrafficPage)
+    assert traffic.focused_chart == "cache"
+    # The cache chart is scrolled into view.
+    qtbot.waitUntil(lambda: traffic.scroll.verticalScrollBar().value() > 0, timeout=3000)  # type: ignore[attr-defined]
