@@ -15,6 +15,7 @@ import pytest
 from app.core.breaker import BreakerState
 from app.core.event import Failure
 from app.demo import Demo, WeatherPhase, WeatherSchedule, demo_config, load_weather, parse_weather
+from app.sim import load_scenario
 from app.sim.traffic import TrafficProfile
 from app.sources.live import LiveAggregator
 from storage.engine import Store, open_store
@@ -50,7 +51,10 @@ def test_shipped_config_and_weather_are_valid() -> None:
     assert cfg.budgets and all(b.warn_at for b in cfg.budgets)
     weather = load_weather()
     names = [p.name for p in weather.phases]
-    assert {"degraded", "rate-limited", "primary-outage"} <= set(names)
+    assert {"degraded", "primary-outage"} <= set(names)
+    assert any(n.startswith("rate-limit") for n in names)
+    for phase in weather.phases:  # every phase is a scenario the simulator takes
+        load_scenario(phase.scenario if isinstance(phase.scenario, str) else dict(phase.scenario))
     # Every kind of weather shows within the first minute.
     assert sum(p.seconds for p in weather.phases[: names.index("primary-outage")]) < 60
 
