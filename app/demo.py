@@ -28,6 +28,7 @@ How the parts fit:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import importlib.resources
@@ -56,7 +57,7 @@ from app.sim.traffic import (
     pick_workload,
 )
 from app.sources.base import Batch
-from app.sources.pipeline import Pipeline
+from app.sources.pipeline import Pipeline, WriteResult
 from storage.engine import Store
 
 log = logging.getLogger(__name__)
@@ -441,18 +442,30 @@ class Demo:
         end_min = int(now // 60)
         start_min = end_min - int(hours * 60)
         history = HistoryMaker(self.seed, per_minute=per_minute)
-        writer = Pipeline(self.store)
         result = BackfillResult(since=start_min * 60.0, until=end_min * 60.0)
-        chunk: list[Event] = []
-        for minute in range(start_min, end_min):
-            if self._closed:  # quitting: what is written stays (a later start completes it)
-                break
-            chunk.extend(history.minute(minute))
-            if len(chunk) >= _BACKFILL_CHUNK:
-                self._write_history(writer, chunk, result)
-                chunk = []
-        if chunk and not self._closed:
-            self._write_history(writer, chunk, result)
+        # The pipeline's writer thread stores one chunk while this thread makes the next.
+        writer = Pipeline(self.store)
+        writer.start()
+        futures: list[concurrent.futures.Future[WriteResult]] = []
+        try:
+            chunk: list[Event] = []
+            for minute in range(start_min, end_min):
+                if self._closed:  # quitting: what is written stays (a later start completes it)
+                    break
+                chunk.extend(history.minute(minute))
+                if len(chunk) >= _BACKFILL_CHUNK:
+                    futures.append(writer.submit(Batch(events=chunk)))
+                    result.generated += len(chunk)
+                    chunk = []
+            if chunk and not self._closed:
+                futures.append(writer.submit(Batch(events=chunk)))
+                result.generated += len(chunk)
+        finally:
+            writer.stop()
+        for fut in futures:
+            r = fut.result()  # a store that failed raises here (StoreUnavailable): nothing hidden
+            result.ingested += r.ingested
+            result.duplicates += r.duplicates
         result.seconds = time.perf_counter() - t0
         self._backfill = result
         log.info(
@@ -463,13 +476,6 @@ class Demo:
             result.seconds,
         )
         return result
-
-    @staticmethod
-    def _write_history(writer: Pipeline, events: list[Event], result: BackfillResult) -> None:
-        r = writer.write(Batch(events=events))
-        result.generated += len(events)
-        result.ingested += r.ingested
-        result.duplicates += r.duplicates
 
 
 # --- simulated history ----------------------------------------------------------------------------
@@ -484,6 +490,10 @@ class _Model:
     tps: float  # median tokens/s
     in_per_tok: float  # USD
     out_per_tok: float
+
+
+def _lognormal(rng: random.Random, mu: float, sigma: float) -> float:
+    return math.exp(rng.gauss(mu, sigma))  # gauss is the quicker normal draw; one generator per thread here
 
 
 def _model(target: str, provider: str, kind: str, model: str, *, ttft_s: float, tps: float) -> _Model:
@@ -574,9 +584,9 @@ class HistoryMaker:
         elif wl.feature == "search":
             input_tokens = rng.randint(25, 60)
         elif wl.feature == "summarize":
-            input_tokens = int(rng.lognormvariate(math.log(450), 0.4))
+            input_tokens = int(_lognormal(rng, math.log(450), 0.4))
         else:
-            input_tokens = int(rng.lognormvariate(math.log(120), 0.5))
+            input_tokens = int(_lognormal(rng, math.log(120), 0.5))
         stream = rng.random() < wl.stream_share
         ts_start = minute * 60.0 + rng.random() * 60.0
         slow = 3.0 if weather == "degraded" else 1.0
@@ -617,10 +627,10 @@ class HistoryMaker:
             breaker_state="open" if weather == "outage" and chain[0] in ("fast", "big") else "closed",
         )
         if served is not None:
-            ttft_s = rng.lognormvariate(math.log(m.ttft_s * slow), 0.45) * (1.8 if long_prompt else 1.0)
-            out = max(1, int(rng.lognormvariate(math.log(min(wl.max_tokens, 140) * 0.6), 0.6)))
+            ttft_s = _lognormal(rng, math.log(m.ttft_s * slow), 0.45) * (1.8 if long_prompt else 1.0)
+            out = max(1, int(_lognormal(rng, math.log(min(wl.max_tokens, 140) * 0.6), 0.6)))
             out = min(out, wl.max_tokens)
-            gen_s = out / max(1.0, rng.lognormvariate(math.log(m.tps / slow), 0.3))
+            gen_s = out / max(1.0, _lognormal(rng, math.log(m.tps / slow), 0.3))
             latency_s += ttft_s + gen_s
             ev.status_code = 200
             ev.output_tokens = out
