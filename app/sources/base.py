@@ -15,8 +15,10 @@ and a bounded excerpt, and lands in the quarantine table.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
@@ -159,6 +161,24 @@ class BatchSink(Protocol):
     """Where a source puts its batches: :meth:`app.sources.pipeline.Pipeline.submit_async` fits."""
 
     async def __call__(self, batch: Batch) -> object: ...
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block.
+
+    Parsing or writing a batch allocates tens of thousands of small containers that all
+    survive into the batch, so the collector runs again and again and finds
+    nothing: a third of the parse time, measured.  The records hold no
+    reference cycles, and the collector runs as usual after the block.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def summarize_reasons(rejected: Sequence[Rejected]) -> dict[str, int]:

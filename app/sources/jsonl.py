@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from app.sources.base import Batch, BatchSink, Position, Rejected, SourceState, SourceStatus
+from app.sources.base import Batch, BatchSink, Position, Rejected, SourceState, SourceStatus, gc_paused
 from app.sources.formats import LineFormat, Parsed, RecordError, decode_line, detect_format, get_format
 
 log = logging.getLogger(__name__)
@@ -185,17 +185,24 @@ def parse_lines(
     """Run every line of a chunk through ``fmt``; over-long lines become rejections."""
     out = Parsed() if out is None else out
     parse = fmt.parse_line
+    with gc_paused():
+        _parse_each(parse, chunk, source, fingerprint, out)
+    for off, head, length in chunk.too_long:
+        reason = f"line too long: {length:,} bytes, over the limit of {chunk.limit:,}"
+        out.rejected.append(Rejected.of(source, f"byte {off}", reason, head, f"{fingerprint}:{off}"))
+    return out
+
+
+def _parse_each(
+    parse: Callable[..., None], chunk: _Chunk, source: str, fingerprint: str, out: Parsed
+) -> None:
     for off, line in chunk.lines:
         key = f"{fingerprint}:{off}"
         try:
             parse(line, source=source, key=key, position=f"byte {off}", out=out)
         except Exception as exc:  # a format's bug must cost one line, never the rest of the file
-            log.exception("format %s failed on a line of %s", fmt.name, source)
+            log.exception("a format failed on a line of %s", source)
             out.rejected.append(Rejected.of(source, f"byte {off}", f"bad value: {exc}"[:300], line, key))
-    for off, head, length in chunk.too_long:
-        reason = f"line too long: {length:,} bytes, over the limit of {chunk.limit:,}"
-        out.rejected.append(Rejected.of(source, f"byte {off}", reason, head, f"{fingerprint}:{off}"))
-    return out
 
 
 def _parse_partial(

@@ -53,7 +53,7 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
 from app.core.event import Event
-from app.sources.base import Batch, Position, excerpt_of
+from app.sources.base import Batch, Position, excerpt_of, gc_paused
 from storage.engine import Store, transaction
 from storage.models import EVENTS
 from storage.queries.events import insert_events
@@ -345,7 +345,7 @@ class Pipeline:
         if len(batches) > 1:
             unique, owner = self._drop_cross_batch_repeats(unique, owner, results)
         try:
-            with transaction(self.engine, write=True) as conn:
+            with gc_paused(), transaction(self.engine, write=True) as conn:
                 new, refused = self._insert(conn, unique)
                 if new:
                     merge_rollups(conn, accumulate(new))
