@@ -229,11 +229,11 @@ def test_source_files_are_checked_whole(tmp_path: Path) -> None:
     assert "sources[3]" in message and "not a secret" in message and "sk-live-abcdef" not in message
     with pytest.raises(SourceFileError, match="cannot read"):
         load_source_file(tmp_path / "missing.yaml")
-    with pytest.raises(SourceConfigError, match="not a secret"):
-        save_source_config(
-            open_store(f"sqlite:///{tmp_path / 's.db'}").engine,
-            SourceConfig("x", "http_poll", {"token": "abc"}),
-        )
+    with (
+        open_store(f"sqlite:///{tmp_path / 's.db'}") as store,
+        pytest.raises(SourceConfigError, match="not a secret"),
+    ):
+        save_source_config(store.engine, SourceConfig("x", "http_poll", {"token": "abc"}))
 
 
 def _cli(*args: str, home: Path) -> subprocess.Popen[str]:
