@@ -251,7 +251,8 @@ class Demo:
         if self.generator is not None and self.generator.running:
             return
         loop = asyncio.get_running_loop()
-        self.generator = TrafficGenerator(self._send, seed=self.seed, profile=self.profile)
+        if self.generator is None:  # a resumed demo keeps its generator, so the counts go on
+            self.generator = TrafficGenerator(self._send, seed=self.seed, profile=self.profile)
         self._tasks["traffic"] = loop.create_task(self.generator.run(), name="controlroom-demo-traffic")
         self._tasks["weather"] = loop.create_task(self._weather_loop(), name="controlroom-demo-weather")
 

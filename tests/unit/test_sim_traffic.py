@@ -174,3 +174,26 @@ def test_current_rate_follows_the_curve_on_the_injected_clock() -> None:
     assert seen[0] == pytest.approx(1.0)
     assert seen[2] == pytest.approx(3.0)
     assert math.isclose(seen[1], seen[3])
+
+
+def test_a_stopped_generator_runs_again_and_keeps_counting() -> None:
+    sent: list[RequestSpec] = []
+
+    async def send(spec: RequestSpec) -> object:
+        sent.append(spec)
+        return None
+
+    async def main() -> TrafficGenerator:
+        gen = TrafficGenerator(send, seed=9, profile=TrafficProfile(base_rps=300.0, peak_rps=300.0))
+        for target in (20, 40):
+            task = asyncio.create_task(gen.run())
+            async with asyncio.timeout(10):
+                while len(sent) < target:  # noqa: ASYNC110 - a bounded poll on a plain counter
+                    await asyncio.sleep(0.01)
+            await gen.stop()
+            await task
+        return gen
+
+    gen = asyncio.run(main())
+    assert gen.stats.sent == len(sent) >= 40
+    assert len(set(map(id, sent))) == len(sent)
