@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import importlib.resources
 import logging
 import math
@@ -204,6 +205,7 @@ class Demo:
         self._phase: WeatherPhase | None = None
         self._phase_ends: float | None = None
         self._backfill: BackfillResult | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._started = False
         self._closed = False
 
@@ -238,10 +240,12 @@ class Demo:
         self._tasks["flush"] = loop.create_task(self._flush_loop(), name="controlroom-demo-flush")
         self.start_traffic()
         if self.backfill_hours > 0:
-            self._tasks["backfill"] = loop.create_task(
-                asyncio.to_thread(self.backfill, self.backfill_hours, per_minute=self.backfill_per_minute),
-                name="controlroom-demo-backfill",
+            # Its own named thread: CPU-bound for seconds, it must not hold up the loop's executor.
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="controlroom-demo-backfill"
             )
+            job = functools.partial(self.backfill, self.backfill_hours, per_minute=self.backfill_per_minute)
+            self._tasks["backfill"] = asyncio.ensure_future(loop.run_in_executor(self._executor, job))
         log.info("demo started: simulator on %s", self.sim.base_url)
 
     def start_traffic(self) -> None:
@@ -294,9 +298,12 @@ class Demo:
         self._closed = True
         await self.stop_traffic(grace_s=1.0)
         backfill = self._tasks.pop("backfill", None)
-        if backfill is not None:  # a thread cannot be cancelled; it is bounded (seconds)
+        if backfill is not None:  # a thread cannot be cancelled; it stops at the next minute (_closed)
             with contextlib.suppress(Exception):
                 await backfill
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
         if self.gateway is not None:
             await self.gateway.aclose()
         flush = self._tasks.pop("flush", None)
