@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 
 #: How long --smoke waits for the background start-up work before it paints anyway.
 SMOKE_WAIT_S = 60.0
-#: How long --smoke --demo waits for the first live demo events before it paints anyway (and fails).
+#: How long --smoke --demo waits for live demo events before it paints anyway (and fails).
 DEMO_SMOKE_WAIT_S = 20.0
+#: Live demo events --smoke --demo waits for: a few seconds of traffic, so the charts show a shape.
+DEMO_SMOKE_EVENTS = 10
 
 
 @dataclass
@@ -194,7 +196,8 @@ def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -
         demo = app.demo
         _wait_until(qapp, lambda: demo.decided or app.store_error is not None, DEMO_SMOKE_WAIT_S)
         if demo.active:
-            demo_ok = _wait_until(qapp, lambda: demo.live_events() > 0, DEMO_SMOKE_WAIT_S)
+            _wait_until(qapp, lambda: demo.live_events() >= DEMO_SMOKE_EVENTS, DEMO_SMOKE_WAIT_S)
+            demo_ok = demo.live_events() > 0
             # A second for the live charts to take the new data in and repaint.
             _wait_until(qapp, lambda: False, 1.2)
             demo_note = f" demo={demo.state} live_events={demo.live_events()}"
