@@ -910,6 +910,13 @@ class FieldMapping:
           input_tokens: usage.prompt_tokens
           failure: {path: outcome, map: {ok: none, throttled: rate_limited, "*": server_error}}
           tags: {path: labels}          # an object of strings
+
+    Times (``time``): ``iso``, ``epoch_s``, ``epoch_ms``, ``epoch_us``,
+    ``epoch_ns`` or ``auto`` (by magnitude).  Durations (``unit``): ``ms``,
+    ``s``, ``us``, ``ns``.  A ``map`` value of ``null`` means "not given": a
+    failure is then derived from ``status_code`` (or a server error when
+    there is an ``error_message``).  A missing ``cost_usd`` is priced by us
+    from the tokens (``cost_source`` estimated).
     """
 
     name: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +24,13 @@ T0 = 1_780_000_000.0
 
 
 def line(i: int, *, with_id: bool = True) -> bytes:
-    e = Event(ts_start=T0 + i, ts_end=T0 + i + 0.5, provider="openai", model="m", latency_ms=500.0)
-    d = e.to_dict()
-    if with_id:
-        d["event_id"] = new_event_id(T0 + i)
-    else:
+    """One event line; without an id, the reader derives one from the line's position."""
+    d = Event(
+        ts_start=T0 + i, ts_end=T0 + i + 0.5, provider="openai", model="m", event_id=new_event_id(T0 + i)
+    ).to_dict()
+    if not with_id:
         del d["event_id"]
-    return Event.from_dict(d).to_json().encode() if with_id else __import__("json").dumps(d).encode()
+    return json.dumps(d).encode()
 
 
 def write(path: Path, data: bytes, mode: str = "ab") -> None:
