@@ -918,12 +918,12 @@ class Gateway:
         except (asyncio.CancelledError, GeneratorExit):
             if not recorded and run.route is not None:
                 recorded = True
-                partial = cs.partial() if cs is not None else None
+                so_far = cs.partial() if cs is not None else None
                 if cs is not None and run.target is not None:
                     self._board.get(run.target.name).release()
-                    self._bill_partial(run, run.target, partial)
+                    self._bill_partial(run, run.target, so_far)
                 run.fail(Failure.CLIENT_ERROR, "the caller stopped reading the stream")
-                self._record(run, None, Failure.CLIENT_ERROR, loop, status=499, partial=partial)
+                self._record(run, None, Failure.CLIENT_ERROR, loop, status=499, partial=so_far)
             raise
         finally:
             self._in_flight -= 1
@@ -1101,8 +1101,10 @@ class Gateway:
         entry = self._adapters.get(target.provider)
         if entry is None or entry[1] is None:
             breaker.release()
-            why = entry[2] if entry is not None else f"provider {target.provider} is not configured"
-            run.fail(Failure.CLIENT_ERROR, f"{name}: {why}")
+            problem = entry[2] if entry is not None else None
+            run.fail(
+                Failure.CLIENT_ERROR, f"{name}: {problem or f'provider {target.provider} is not configured'}"
+            )
             return None
         if self._target_budgets:
             assert run.ctx is not None

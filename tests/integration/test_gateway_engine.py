@@ -179,20 +179,30 @@ def test_stream_yields_chunks_then_the_end_and_one_event(sim: SimServer, store: 
 
 
 def test_every_request_is_one_event_and_close_flushes_them_all(sim: SimServer, store: Store) -> None:
-    cfg = make_config(sim)
-    n = 300
+    cfg = make_config(
+        sim,
+        routes="""
+  - name: default
+    deadline_s: 60
+    rules:
+      - chain: [fast, strong]
+""",
+    )
+    n = 200
 
-    async def main() -> int:
+    async def main() -> tuple[list[Any], int]:
         gw = Gateway(store, config=cfg, key_resolver=keys)
         await gw.start()
-        results = await asyncio.gather(
-            *(gw.chat(ask(text=f"question {i}")) for i in range(n)), return_exceptions=True
-        )
-        assert not [r for r in results if isinstance(r, BaseException)]
-        await gw.aclose()  # nothing waits for the writer before this
-        return gw.stats().events_written
+        try:
+            results = await asyncio.gather(
+                *(gw.chat(ask(text=f"question {i}")) for i in range(n)), return_exceptions=True
+            )
+        finally:
+            await gw.aclose()  # nothing waited for the writer before this
+        return results, gw.stats().events_written
 
-    written = run(main)
+    results, written = run(main)
+    assert not [r for r in results if isinstance(r, BaseException)]
     assert written == n
     assert count_events(store.engine) == n
     ids = {e.event_id for e in fetch_events(store.engine, limit=n + 10).events}
