@@ -433,6 +433,7 @@ class Gateway:
         self._retired: list[ProviderAdapter] = []
         self._sync_exec: ThreadPoolExecutor | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._budget_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
@@ -480,6 +481,10 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._budget_task is not None:
+            self._budget_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._budget_task
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
         await self._writer.aclose()
@@ -575,7 +580,9 @@ class Gateway:
                 self._book.stale or loop.time() - last_refresh >= self._budget_refresh_s
             ):
                 last_refresh = loop.time()
-                await self._refresh_budgets()
+                # In the background: the refresh waits for the writer, the version poll must not.
+                if self._budget_task is None or self._budget_task.done():
+                    self._budget_task = loop.create_task(self._refresh_budgets())
 
     async def _reload(self, version: int) -> None:
         assert self._store is not None

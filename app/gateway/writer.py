@@ -186,11 +186,15 @@ class StoreWriter:
             if not (self._events or self._transitions):
                 continue
             n = min(len(self._events), self._batch_max)
-            batch = [self._events[i] for i in range(n)]
+            if self._jobs:
+                # Never write past a waiting job's place in line: it must see exactly what came before it.
+                n = min(n, self._jobs[0][0] - self._taken)
+            batch = [self._events.popleft() for _ in range(n)]
             transitions = list(self._transitions)
             try:
                 await loop.run_in_executor(self._executor, self._write, batch, transitions)
             except Exception as exc:
+                self._events.extendleft(reversed(batch))  # back at the front, in order
                 self.failed_batches += 1
                 if self.failed_batches == 1 or self.failed_batches % 50 == 0:
                     log.warning(
@@ -212,8 +216,6 @@ class StoreWriter:
                 backoff = min(backoff * 2, self._max_retry_s)
                 continue
             backoff = self._retry_s
-            for _ in range(n):
-                self._events.popleft()
             for _ in range(len(transitions)):
                 self._transitions.popleft()
             self._taken += n

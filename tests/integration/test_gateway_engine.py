@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import text
 
 from app.core.budget import BudgetWarning, alert_period_start
 from app.core.config import ControlConfig, parse_config
@@ -23,6 +24,7 @@ from app.core.pricing import price_call
 from app.gateway.cost import Pricer
 from app.gateway.engine import Gateway, GatewayError, GatewayRequest, GatewayStreamEnd
 from app.gateway.state import config_from_rows, config_to_rows
+from app.gateway.writer import StoreWriter
 from app.providers import StreamDone, TextDelta
 from app.sim import SimServer, SimThread
 from storage.engine import Store, open_store
@@ -735,8 +737,8 @@ def test_keys_never_appear_in_events_logs_metrics_or_errors(
         caplog.text,
         repr(out["stream"][-1].response.event),
     ]
-    for text in texts:
-        assert secret not in text
+    for shown in texts:
+        assert secret not in shown
     assert out["ok"].event.input_text and "***" in out["ok"].event.input_text
     store.close()
     for f in tmp_path.glob("store.db*"):
@@ -764,3 +766,41 @@ def test_fast_pricing_matches_genai_prices() -> None:
             )
             assert got == pytest.approx(want, rel=1e-9, abs=1e-12), (model, i, o, cr, cw)
     assert pricer.cost("no-such-model-xyz", None, input_tokens=10, output_tokens=10) is None
+
+
+# --- the store writer ---------------------------------------------------------------------------------
+
+
+def test_the_writer_keeps_events_while_the_store_refuses_them_and_orders_its_jobs(store: Store) -> None:
+    def events(k: int, start: int) -> list[Event]:
+        now = time.time()
+        return [Event(ts_start=now, ts_end=now, provider="p", model=f"m{start + i}") for i in range(k)]
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        writer = StoreWriter(store, retry_s=0.05, max_retry_s=0.1)
+        writer.start()
+        try:
+            for e in events(50, 0):
+                writer.enqueue(e)
+            out["first"] = await writer.call(lambda: count_events(store.engine))
+            # the store goes away (the table is renamed under it): writes fail and are retried
+            with store.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE events RENAME TO events_away"))
+            for e in events(30, 50):
+                writer.enqueue(e)
+            assert await wait_for(lambda: writer.failed_batches >= 2, 3.0)
+            out["pending_while_down"] = writer.pending
+            with store.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE events_away RENAME TO events"))
+            await writer.flush()
+            out["after"] = count_events(store.engine)
+        finally:
+            await writer.aclose()
+        out["written"], out["dropped"] = writer.written, writer.dropped
+        return out
+
+    out = run(main)
+    assert out["first"] == 50, "a job sees every event queued before it"
+    assert out["pending_while_down"] == 30
+    assert out["after"] == 80 and out["written"] == 80 and out["dropped"] == 0
