@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 from app.core import paths
+from app.core.format import fmt_rate
 from app.ui.filters import FilterBar
 from app.ui.livefeed import LiveFeed
+from app.ui.models.runner import Runner, bridge_runner
 from app.ui.pages import PAGES, page_spec
 from app.ui.pages.overview import OverviewPage
 from app.ui.pages.placeholder import PlaceholderPage
 from app.ui.qt import QSettings, Qt, QtCore, QtGui, QtWidgets, Signal
+from app.ui.theme import current_colors
 
 
 def settings() -> QSettings:
@@ -25,10 +30,16 @@ class StatusBar(QtWidgets.QStatusBar):
         self.store = QtWidgets.QLabel("store: opening…")
         self.runtime = QtWidgets.QLabel("runtime: starting")
         self.keyring = QtWidgets.QLabel("keyring: checking")
+        self.ingest = QtWidgets.QLabel("ingest: —")
+        self.ingest.setToolTip("Events recorded per second, live")
+        self.sources = QtWidgets.QLabel("sources: none")
+        self.sources.setToolTip("No log sources are configured")
+        self.gateway = QtWidgets.QLabel("gateway: none")
+        self.gateway.setToolTip("No gateway runs in this app")
         self.demo = QtWidgets.QLabel("DEMO", objectName="badgeDemo")
         self.demo.setVisible(False)
         self.addWidget(self.store, 1)
-        for widget in (self.runtime, self.keyring, self.demo):
+        for widget in (self.ingest, self.sources, self.gateway, self.runtime, self.keyring, self.demo):
             self.addPermanentWidget(widget)
 
     def set_store(self, text: str, tooltip: str = "") -> None:
@@ -41,6 +52,36 @@ class StatusBar(QtWidgets.QStatusBar):
     def set_keyring(self, text: str, ok: bool, tooltip: str) -> None:
         self.keyring.setText(f"keyring: {text}" if ok else f"keyring: {text} ⚠")
         self.keyring.setToolTip(tooltip)
+
+    def set_ingest(self, events_per_s: float | None) -> None:
+        """Live ingest rate (ui.md: ``/s`` for live); ``None`` when nothing is measured."""
+        self.ingest.setText(
+            f"ingest: {fmt_rate(events_per_s, 's')}" if events_per_s is not None else "ingest: —"
+        )
+
+    def set_sources(self, healthy: int, total: int, tooltip: str = "") -> None:
+        """``sources 3/3 ok``, or ``sources 2/3 ok ⚠`` in the bad colour when one is failing."""
+        if total == 0:
+            self.sources.setText("sources: none")
+            self.sources.setStyleSheet("")
+        else:
+            ok = healthy == total
+            self.sources.setText(f"sources: {healthy}/{total} ok" + ("" if ok else " ⚠"))
+            self.sources.setStyleSheet("" if ok else f"color: {current_colors().bad};")
+        self.sources.setToolTip(
+            tooltip or ("No log sources are configured" if total == 0 else self.sources.text())
+        )
+
+    def set_gateway(self, state: str | None, ok: bool = True, tooltip: str = "") -> None:
+        """``gateway ●`` green when serving, red when in trouble; ``gateway: none`` when none runs here."""
+        if state is None:
+            self.gateway.setText("gateway: none")
+            self.gateway.setStyleSheet("")
+        else:
+            colors = current_colors()
+            dot = f"<span style='color:{colors.ok if ok else colors.bad}'>●</span>"
+            self.gateway.setText(f"gateway {dot} {state}")
+        self.gateway.setToolTip(tooltip or self.gateway.text())
 
 
 class MainWindow(QtWidgets.QMainWindow):
@@ -89,6 +130,11 @@ class MainWindow(QtWidgets.QMainWindow):
 
         self.status = StatusBar(self)
         self.setStatusBar(self.status)
+        # Ingest rate: events the live aggregator took in over the last few seconds.
+        self._ingest_samples: list[tuple[float, int]] = []
+        self._ingest_timer = QtCore.QTimer(self, interval=1000)
+        self._ingest_timer.timeout.connect(self._sample_ingest)
+        self._ingest_timer.start()
         self._install_shortcuts()
         self.rail.setCurrentRow(0)
 
@@ -104,6 +150,12 @@ class MainWindow(QtWidgets.QMainWindow):
             traffic = TrafficPage(self.feed)
             traffic.exported.connect(lambda message: self.statusBar().showMessage(message, 8000))
             return traffic
+        if key == "events":
+            from app.ui.pages.events import EventsPage
+
+            events = EventsPage()
+            self.filters.changed.connect(events.set_filter_state)
+            return events
         return PlaceholderPage(page_spec(key))
 
     def _open_tile_chart(self, tile: str) -> None:
@@ -115,9 +167,36 @@ class MainWindow(QtWidgets.QMainWindow):
     def attach_data(self, *, live: object = None, bridge: object = None, store: object = None) -> None:
         """Connect the traffic pages to the live aggregator and (through the bridge) the store."""
         self.feed.attach(live=live, bridge=bridge, store=store)  # type: ignore[arg-type]
+        if bridge is not None and store is not None:
+            self.attach_store(store, bridge_runner(bridge))  # type: ignore[arg-type]
+
+    def _sample_ingest(self) -> None:
+        live = getattr(self.feed, "live", None)
+        added = getattr(live, "added", None)
+        if not isinstance(added, int):
+            return
+        now = time.monotonic()
+        self._ingest_samples = [*self._ingest_samples[-5:], (now, added)]
+        (t0, n0), (t1, n1) = self._ingest_samples[0], self._ingest_samples[-1]
+        if t1 - t0 >= 0.5:
+            self.status.set_ingest(max(0, n1 - n0) / (t1 - t0))
+
+    def attach_store(self, store: object, runner: Runner, gateway: object = None) -> None:
+        """Give the pages that read the store (events, breakers) their way to it.
+
+        ``store`` may be a getter answering ``None`` until the store is open; ``gateway`` a getter of
+        the in-process gateway, when there is one (its breakers are live; others come from the store).
+        """
+        for page in self.pages.values():
+            attach = getattr(page, "attach_store", None)
+            if callable(attach):
+                attach(store, runner, gateway)
+        events = self.pages.get("events")
+        if hasattr(events, "set_filter_state"):
+            events.set_filter_state(self.filters.state)
 
     # Pages that show traffic read the filter bar; elsewhere it is greyed out (ui.md).
-    FILTERED_PAGES: frozenset[str] = frozenset({"overview", "traffic"})
+    FILTERED_PAGES: frozenset[str] = frozenset({"overview", "traffic", "events"})
 
     def _page_actions(self) -> None:
         def key_action(text: str, keys: str, slot: object) -> None:
@@ -193,5 +272,6 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:
         self.save_state()
+        self._ingest_timer.stop()
         self.feed.stop()
         super().closeEvent(event)

@@ -21,38 +21,39 @@ from app.ui.models.event_query import EventQuery, EventRow, RowCursor, RowPage
 from app.ui.models.runner import Runner, run_now
 from app.ui.qt import QObject, Qt, QtCore, Signal
 
-# Column constants, in display order.
+# Column constants, in display order: what an operator scans first comes first.
 COL_TIME = 0
 COL_PROVIDER = 1
 COL_MODEL = 2
 COL_ROUTE = 3
-COL_FEATURE = 4
-COL_USER = 5
-COL_STATUS = 6
-COL_FAILURE = 7
-COL_LATENCY = 8
-COL_TTFT = 9
-COL_TOKENS = 10
-COL_COST = 11
+COL_FAILURE = 4
+COL_LATENCY = 5
+COL_TOKENS = 6
+COL_COST = 7
+COL_FEATURE = 8
+COL_USER = 9
+COL_STATUS = 10
+COL_TTFT = 11
 COL_ATTEMPTS = 12
 COL_CACHE = 13
 
-HEADERS: tuple[str, ...] = (
-    "Time",
-    "Provider",
-    "Model",
-    "Route",
-    "Feature",
-    "User",
-    "Status",
-    "Failure",
-    "Latency",
-    "TTFT",
-    "Tokens in → out",
-    "Cost",
-    "Attempts",
-    "Cache",
-)
+_TITLES = {
+    COL_TIME: "Time",
+    COL_PROVIDER: "Provider",
+    COL_MODEL: "Model",
+    COL_ROUTE: "Route",
+    COL_FAILURE: "Failure",
+    COL_LATENCY: "Latency",
+    COL_TOKENS: "Tokens in → out",
+    COL_COST: "Cost",
+    COL_FEATURE: "Feature",
+    COL_USER: "User",
+    COL_STATUS: "Status",
+    COL_TTFT: "TTFT",
+    COL_ATTEMPTS: "Attempts",
+    COL_CACHE: "Cache",
+}
+HEADERS: tuple[str, ...] = tuple(_TITLES[i] for i in range(len(_TITLES)))
 
 #: The store's sort key behind each column.
 COLUMN_SORT: dict[int, str] = {
