@@ -784,8 +784,13 @@ class Gateway:
 
     # --- the request path ------------------------------------------------------------------------
 
-    async def chat(self, req: GatewayRequest) -> GatewayResponse:
-        """A non-streaming call; raises :class:`GatewayError`."""
+    async def chat(self, req: GatewayRequest | None = None, /, **fields: Any) -> GatewayResponse:
+        """A non-streaming call; raises :class:`GatewayError`.
+
+        Takes a :class:`GatewayRequest`, or its fields as keywords:
+        ``await gw.chat(route="default", messages=[...], tags={"team": "ml"})``.
+        """
+        req = _request(req, fields)
         loop = asyncio.get_running_loop()
         run = _Run(req, self._clock(), loop.time())
         self._in_flight += 1
@@ -813,12 +818,18 @@ class Gateway:
         finally:
             self._in_flight -= 1
 
-    def stream(self, req: GatewayRequest) -> AsyncIterator[StreamEvent | GatewayStreamEnd]:
+    def stream(
+        self, req: GatewayRequest | None = None, /, **fields: Any
+    ) -> AsyncIterator[StreamEvent | GatewayStreamEnd]:
         """Stream events (TextDelta, ToolCallDelta, UsageUpdate, StreamDone), then a :class:`GatewayStreamEnd`.
 
         Raises :class:`GatewayError` before the first chunk if no target could start; a failure after
         the first chunk ends the stream with a GatewayError (the event records a billed failure).
+        Takes a :class:`GatewayRequest` or its fields as keywords, like :meth:`chat`.
         """
+        req = _request(req, fields)
+        if not req.stream:
+            req = replace(req, stream=True)
         return self._stream(req)
 
     async def _stream(self, req: GatewayRequest) -> AsyncIterator[StreamEvent | GatewayStreamEnd]:
@@ -1695,6 +1706,14 @@ class Gateway:
 
 
 # --- helpers ----------------------------------------------------------------------------------------
+
+
+def _request(req: GatewayRequest | None, fields: dict[str, Any]) -> GatewayRequest:
+    if req is None:
+        return GatewayRequest(**fields)
+    if fields:
+        raise TypeError("give a GatewayRequest or keyword fields, not both")
+    return req
 
 
 def _check_messages(messages: Any) -> str | None:

@@ -22,8 +22,9 @@ the config file's (config.md), flattened where the table has columns:
 :func:`config_to_rows` and :func:`config_from_rows` convert both ways; rows are
 validated by the same parser as a file (:func:`app.core.config.check_config`),
 so the store can never hold a route the gateway reads differently from the file.
-The store has no row for ``breakers.default``: a gateway built with a config
-takes it from there, otherwise the defaults of semantics.md apply.
+The store has no table for ``breakers.default``: ``config apply`` keeps it in
+the audit log (:func:`app.gateway.control.stored_breaker_defaults`), where
+:func:`load_state` reads it.
 """
 
 from __future__ import annotations
@@ -316,5 +317,8 @@ def load_state(
     overrides = load_overrides(bind, now=now)
     if config is not None:
         return state_from_config(config, version=version, overrides=overrides, source="config")
-    cfg = load_config(bind)
+    # breakers.default lives in the audit log (app.gateway.control owns that convention).
+    from app.gateway.control import stored_breaker_defaults
+
+    cfg = load_config(bind, breakers_default=stored_breaker_defaults(bind))
     return state_from_config(cfg, version=version, overrides=overrides, source="store")

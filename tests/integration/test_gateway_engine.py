@@ -21,6 +21,7 @@ from app.core.budget import BudgetWarning, alert_period_start
 from app.core.config import ControlConfig, parse_config
 from app.core.event import CacheHit, CostSource, Event, Failure
 from app.core.pricing import price_call
+from app.gateway.control import apply_config
 from app.gateway.cost import Pricer
 from app.gateway.engine import Gateway, GatewayError, GatewayRequest, GatewayStreamEnd
 from app.gateway.state import config_from_rows, config_to_rows
@@ -236,7 +237,10 @@ def test_a_target_name_is_a_route_of_its_own(sim: SimServer, store: Store) -> No
     async def main() -> Any:
         async with Gateway(store, config=cfg, key_resolver=keys) as gw:
             assert set(gw.models()) == {"default", "fast", "big", "strong"}
-            return await gw.chat(ask(route="strong"))
+            # the keyword form the demo mode and the A/B runner use
+            return await gw.chat(
+                route="strong", messages=[{"role": "user", "content": "hi"}], tags={"k": "v"}
+            )
 
     resp = run(main)
     assert resp.target == "strong" and resp.event.provider == "sim-anthropic"
@@ -647,17 +651,25 @@ def test_rows_round_trip_to_the_same_config(sim: SimServer) -> None:
 
 
 def test_a_gateway_on_the_store_loads_its_routes_and_follows_changes(sim: SimServer, store: Store) -> None:
-    cfg = make_config(sim, breakers="breakers:\n  targets:\n    strong: {min_requests: 7}")
+    cfg = make_config(
+        sim, breakers="breakers:\n  default: {min_requests: 9}\n  targets:\n    strong: {min_requests: 7}"
+    )
+    apply_config(store.engine, cfg, actor="test", reason="first setup")  # what `config apply` does
     rows = config_to_rows(cfg)
-    for kind in ("provider", "target", "route", "budget"):
-        for row in rows[kind]:
-            save_object(store.engine, kind, row, expected_revision=None, actor="test")  # type: ignore[arg-type]
 
     async def main() -> dict[str, Any]:
         out: dict[str, Any] = {}
         async with Gateway(store, key_resolver=keys, sync_interval_s=0.05) as gw:
             out["first"] = (await gw.chat(ask())).target
             out["min_requests"] = gw.state.breakers.settings_for("strong").min_requests
+            out["default_min"] = gw.state.breakers.default.min_requests
+            st = gw.state
+            out["same"] = (
+                dict(st.providers) == {p.name: p for p in cfg.providers}
+                and dict(st.targets) == {t.name: t for t in cfg.targets}
+                and dict(st.routes) == {r.name: r for r in cfg.routes}
+                and st.breakers == cfg.breakers
+            )
             version = gw.control_version
             route = dict(rows["route"][0])
             route["rules"] = [{"chain": ["strong", "fast"]}]
@@ -676,7 +688,8 @@ def test_a_gateway_on_the_store_loads_its_routes_and_follows_changes(sim: SimSer
         return out
 
     out = run(main)
-    assert out["first"] == "fast" and out["min_requests"] == 7
+    assert out["first"] == "fast" and out["min_requests"] == 7 and out["default_min"] == 9
+    assert out["same"], "the gateway runs on exactly the config that was applied"
     assert out["second"] == "strong"
     assert out["kept_version"] and out["third"] == "strong"
 
