@@ -7,7 +7,9 @@ event``.  A library first::
     gw = Gateway(store)                      # or Gateway(None, config=parse_config(text))
     await gw.start()
     resp = await gw.chat(GatewayRequest(route="default", messages=[{"role": "user", "content": "hi"}]))
-    async for item in gw.stream(GatewayRequest(..., stream=True)): ...
+    resp = await gw.chat(route="default", messages=[...], tags={"team": "ml"})   # the same, as keywords
+    async for item in gw.stream(route="default", messages=[...]): ...           # ends with GatewayStreamEnd
+    gw.dry_run(GatewayRequest(...))      # where would it go, and why (calls nobody)
     await gw.aclose()
 
 Plain asyncio on the caller's loop.  The only threads are the store writer's
@@ -42,6 +44,12 @@ Decisions worth knowing (the report lists them too):
   routed: "open" on an event served by a fallback says why.
 - A 200 answer that is empty, cut by the length limit, refused, or not JSON when
   JSON was asked for is returned to the caller but recorded as ``quality_fail``.
+- A caller that cancels (or stops reading a stream) still leaves its one event:
+  ``client_error`` with status 499, billed for what a stream had produced.
+- Budget warnings are remembered at once and claimed in the store
+  (``record_budget_warning``), so two gateways announce a level once between
+  them; announced ones are in ``gateway.budget_warnings``, logged, and passed to
+  listeners (:meth:`Gateway.add_budget_warning_listener`).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -302,6 +303,33 @@ def test_routing_rules_tags_token_thresholds_and_a_sticky_split(sim: SimServer, 
     assert any("sticky on user user-3" in line for line in dr.explanation)
     assert dr.targets[0].would_call and dr.targets[0].breaker == "closed"
     assert out["dry_calls"] == 0
+
+
+def test_latency_aware_splits_prefer_the_faster_healthy_target(sim: SimServer, store: Store) -> None:
+    sim.set_scenario({"name": "one-slow", "models": {"gpt-4o": {"provider": "openai", "ttft": 0.06}}})
+    cfg = make_config(
+        sim,
+        routes="""
+  - name: default
+    deadline_s: 10
+    latency_aware: true
+    rules:
+      - chain: [{split: {fast: 50, big: 50}}]
+""",
+    )
+
+    async def main() -> list[str]:
+        async with Gateway(store, config=cfg, key_resolver=keys, rng=random.Random(5)) as gw:
+            for i in range(30):  # both sides get enough calls for a p95
+                await gw.chat(ask(route="fast" if i % 2 else "big", text=f"warm {i}"))
+            picks = [(await gw.chat(ask(text=f"q{i}"))).target for i in range(40)]
+            dr = gw.dry_run(ask(text="where?"))
+            assert any("latency-aware" in line for line in dr.explanation)
+            return picks
+
+    picks = run(main)
+    # two random candidates, the faster wins when they differ: about 3 in 4 go to the fast side
+    assert picks.count("fast") >= 24, picks
 
 
 def test_output_cap_applies_and_a_truncated_answer_is_a_quality_fail(sim: SimServer, store: Store) -> None:
