@@ -132,6 +132,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.setStatusBar(self.status)
         # Ingest rate: events the live aggregator took in over the last few seconds.
         self._ingest_samples: list[tuple[float, int]] = []
+        self._gateway: object = None
         self._ingest_timer = QtCore.QTimer(self, interval=1000)
         self._ingest_timer.timeout.connect(self._sample_ingest)
         self._ingest_timer.start()
@@ -150,6 +151,10 @@ class MainWindow(QtWidgets.QMainWindow):
             traffic = TrafficPage(self.feed)
             traffic.exported.connect(lambda message: self.statusBar().showMessage(message, 8000))
             return traffic
+        if key == "breakers":
+            from app.ui.pages.breakers import BreakersPage
+
+            return BreakersPage()
         if key == "events":
             from app.ui.pages.events import EventsPage
 
@@ -164,13 +169,18 @@ class MainWindow(QtWidgets.QMainWindow):
         if hasattr(page, "focus_chart"):
             page.focus_chart(tile)
 
-    def attach_data(self, *, live: object = None, bridge: object = None, store: object = None) -> None:
+    def attach_data(
+        self, *, live: object = None, bridge: object = None, store: object = None, gateway: object = None
+    ) -> None:
         """Connect the traffic pages to the live aggregator and (through the bridge) the store."""
         self.feed.attach(live=live, bridge=bridge, store=store)  # type: ignore[arg-type]
         if bridge is not None and store is not None:
-            self.attach_store(store, bridge_runner(bridge))  # type: ignore[arg-type]
+            self.attach_store(store, bridge_runner(bridge), gateway)  # type: ignore[arg-type]
 
     def _sample_ingest(self) -> None:
+        gateway = self._gateway() if callable(self._gateway) else self._gateway
+        if gateway is not None:
+            self.status.set_gateway("in-process", True, "A gateway runs inside this app (demo mode)")
         live = getattr(self.feed, "live", None)
         added = getattr(live, "added", None)
         if not isinstance(added, int):
@@ -187,6 +197,7 @@ class MainWindow(QtWidgets.QMainWindow):
         ``store`` may be a getter answering ``None`` until the store is open; ``gateway`` a getter of
         the in-process gateway, when there is one (its breakers are live; others come from the store).
         """
+        self._gateway = gateway
         for page in self.pages.values():
             attach = getattr(page, "attach_store", None)
             if callable(attach):

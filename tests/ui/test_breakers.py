@@ -1,0 +1,184 @@
+"""Breakers: the board read from a real store (and a live snapshot), the table model without a window, the page."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.core.breaker import BreakerSnapshot, BreakerState
+from app.core.event import Event, Failure
+from app.ui.models.breakers_model import (
+    COL_FAILURE_RATE,
+    COL_FORCED,
+    COL_IN_STATE,
+    COL_REQUESTS,
+    COL_STATE,
+    COL_TARGET,
+    ROW_ROLE,
+    SORT_ROLE,
+    STATE_ROLE,
+    BreakersModel,
+    TransitionsModel,
+    load_board,
+)
+from app.ui.models.runner import run_now
+from app.ui.pages.breakers import BreakersPage
+from app.ui.qt import Qt, QtTest
+from storage.engine import Store, open_store
+from storage.queries.control import (
+    BreakerTransition,
+    append_breaker_transitions,
+    save_object,
+    set_breaker_override,
+)
+from storage.queries.events import insert_events
+
+NOW = time.time()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    save_object(
+        s.engine,
+        "provider",
+        {"name": "openai", "kind": "openai"},
+        actor="test",
+        reason="setup",
+        expected_revision=None,
+    )
+    for name, model in (("fast", "gpt-4o-mini"), ("strong", "gpt-4o"), ("spare", "gpt-4.1")):
+        save_object(
+            s.engine,
+            "target",
+            {"name": name, "provider": "openai", "model": model},
+            actor="t",
+            reason="",
+            expected_revision=None,
+        )
+    t = NOW - 1200
+    append_breaker_transitions(
+        s.engine,
+        [
+            BreakerTransition(
+                "fast", t, "closed", "open", "failure_rate", {"detail": "62% of 31 calls", "forced": False}
+            ),
+            BreakerTransition("fast", t + 30, "open", "half_open", "open_elapsed", None),
+            BreakerTransition("fast", t + 31, "half_open", "closed", "probes_succeeded", None),
+            BreakerTransition(
+                "strong", t + 600, "closed", "open", "failure_rate", {"detail": "55% of 40 calls"}
+            ),
+        ],
+    )
+    set_breaker_override(
+        s.engine, "spare", "force_open", actor="ana", reason="provider incident", expires_at=NOW + 3600
+    )
+    # Recorded traffic in the window: fast 10 requests, 4 counted failures (and a client error that does not count).
+    events = [
+        Event(ts_start=NOW - 10 + i, ts_end=NOW - 9 + i, provider="openai", model="gpt-4o-mini",
+              failure=Failure.TIMEOUT if i < 4 else (Failure.CLIENT_ERROR if i == 4 else Failure.NONE))
+        for i in range(10)
+    ]  # fmt: skip
+    insert_events(s.engine, events)
+    yield s
+    s.close()
+
+
+def test_board_from_the_store_alone(store: Store) -> None:
+    board = load_board(store.engine, now=NOW)
+    rows = {r.target: r for r in board.rows}
+    assert set(rows) == {"fast", "strong", "spare"}
+    assert not board.live
+    assert rows["fast"].state == "closed" and rows["fast"].last_cause == "probes succeeded"
+    assert rows["fast"].requests == 10 and rows["fast"].failure_rate == pytest.approx(0.4)
+    assert rows["strong"].state == "open" and "55% of 40 calls" in (rows["strong"].last_cause or "")
+    assert rows["spare"].state == "open" and rows["spare"].forced is not None
+    assert rows["spare"].forced.actor == "ana"
+    assert len(board.transitions) == 4
+
+
+def test_live_snapshots_win_over_the_store(store: Store) -> None:
+    snap = BreakerSnapshot(
+        target="fast", state=BreakerState.HALF_OPEN, auto_state=BreakerState.HALF_OPEN, forced=None, overrides=(),
+        requests=42, failures=21, slow=0, failure_rate=0.5, slow_rate=0.0, window_s=30.0, since=NOW - 5,
+        time_in_state_s=5.0, open_until=None, open_for_s=30.0, probes_in_flight=1, probes_succeeded=0,
+    )  # fmt: skip
+    board = load_board(store.engine, [snap], now=NOW)
+    fast = next(r for r in board.rows if r.target == "fast")
+    assert board.live and fast.live
+    assert (fast.state, fast.requests, fast.failure_rate) == ("half_open", 42, 0.5)
+
+
+def test_model_without_a_window(store: Store, qapp: object) -> None:
+    model = BreakersModel(clock=lambda: NOW)
+    tester = QtTest.QAbstractItemModelTester(
+        model, QtTest.QAbstractItemModelTester.FailureReportingMode.Warning
+    )
+    board = load_board(store.engine, now=NOW)
+    model.set_board(board.rows)
+    assert model.rowCount() == 3
+    by_target = {model.index(r, COL_TARGET).data(ROW_ROLE).target: r for r in range(3)}
+    fast, spare, strong = by_target["fast"], by_target["spare"], by_target["strong"]
+    assert model.index(fast, COL_STATE).data() == "closed"
+    assert model.index(fast, COL_STATE).data(STATE_ROLE) == "ok"
+    assert model.index(strong, COL_STATE).data(STATE_ROLE) == "bad"
+    assert model.index(fast, COL_FAILURE_RATE).data() == "40%"
+    assert model.index(fast, COL_REQUESTS).data() == "10 in 30 s"
+    assert model.index(fast, COL_IN_STATE).data() == "19 min 29 s"
+    assert model.index(fast, COL_TARGET).data() == "fast  (gpt-4o-mini)"
+    assert model.index(spare, COL_FORCED).data().startswith("open by ana, until")
+    tip = model.index(spare, COL_STATE).data(Qt.ItemDataRole.ToolTipRole)
+    assert "forced open by ana" in tip and "provider incident" in tip
+    assert model.index(fast, COL_FORCED).data() == "auto"
+    assert model.index(strong, COL_STATE).data(SORT_ROLE) < model.index(fast, COL_STATE).data(SORT_ROLE)
+    # Same targets again: one dataChanged, no reset (the selection survives a refresh).
+    resets: list[int] = []
+    changed: list[int] = []
+    model.modelReset.connect(lambda: resets.append(1))
+    model.dataChanged.connect(lambda *a: changed.append(1))
+    model.set_board(load_board(store.engine, now=NOW + 2).rows)
+    assert resets == [] and changed == [1]
+    del tester
+
+
+def test_transitions_model_newest_first(store: Store, qapp: object) -> None:
+    model = TransitionsModel(clock=lambda: NOW)
+    model.set_transitions(load_board(store.engine, now=NOW).transitions)
+    assert model.rowCount() == 4
+    assert model.index(0, 1).data() == "strong"
+    assert model.index(0, 2).data() == "closed → open"
+    assert "55% of 40 calls" in model.index(0, 3).data()
+    assert model.index(0, 0).data().endswith("min ago")
+
+
+@pytest.mark.gui
+def test_page_renders_table_timeline_and_causes(store: Store, qtbot: object) -> None:
+    page = BreakersPage()
+    qtbot.addWidget(page)  # type: ignore[attr-defined]
+    page.resize(1100, 700)
+    page.show()
+    qtbot.waitExposed(page)  # type: ignore[attr-defined]
+    page.attach_store(store, run_now)
+    assert page.board is not None and page.stack.currentWidget() is page.table
+    assert page.model.rowCount() == 3 and page.transitions.rowCount() == 4
+    assert "3 targets · 2 open · 1 forced" in page.source_label.text()
+    page.timeline.grab()  # paints it
+    tips = page.timeline.tick_tips()
+    assert len(tips) == 4 and any("a probe" in t or "probes succeeded" in t for t in tips)
+    pixmap = page.grab()
+    assert not pixmap.isNull()
+    page.timer.stop()
+
+
+@pytest.mark.gui
+def test_page_with_no_targets_says_what_to_do(tmp_path: Path, qtbot: object) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'empty.db'}") as empty:
+        page = BreakersPage()
+        qtbot.addWidget(page)  # type: ignore[attr-defined]
+        page.attach_store(lambda: empty, run_now)
+        assert page.stack.currentWidget() is page.empty
+        assert "config apply" in page.empty.label.text()
+        page.timer.stop()
