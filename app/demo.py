@@ -58,7 +58,7 @@ from app.sim.traffic import (
     pick_workload,
 )
 from app.sources.base import Batch
-from app.sources.pipeline import Pipeline, WriteResult
+from app.sources.pipeline import Pipeline, StoreUnavailable
 from storage.engine import Store
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,12 @@ DEMO_KEY = "sk-demo"
 DEMO_SOURCE = "demo"
 #: How often buffered gateway events are handed to the pipeline.
 _FLUSH_S = 0.2
-#: Events per backfill transaction.
-_BACKFILL_CHUNK = 20_000
+#: Events kept for another try while the store refuses them; beyond that the oldest are dropped (and said).
+_MAX_RETRY = 100_000
+#: Events per backfill transaction: short, so the live writer is never kept waiting long.
+_BACKFILL_CHUNK = 10_000
+#: Seconds the backfill leaves the store to other writers between its transactions.
+_BACKFILL_PAUSE_S = 0.05
 
 
 # --- resources ------------------------------------------------------------------------------------
@@ -198,6 +202,7 @@ class Demo:
         self.gateway: Gateway | None = None
         self.generator: TrafficGenerator | None = None
         self._buffer: list[Event] = []
+        self._retry: list[Event] = []  # a batch the store refused (busy): sent again with the next flush
         self._events = 0
         self._written = 0
         self._errors: list[str] = []
@@ -278,11 +283,18 @@ class Demo:
                 await traffic
         await self.flush()
 
-    async def flush(self) -> None:
-        """Hand every buffered event to the pipeline and wait until it is stored."""
-        fut = self._submit()
-        if fut is not None:
-            await fut
+    async def flush(self, attempts: int = 5) -> None:
+        """Hand every buffered event to the pipeline and wait until it is stored (retrying a busy store)."""
+        for attempt in range(attempts):
+            fut = self._submit()
+            if fut is not None:
+                with contextlib.suppress(Exception):  # _on_written keeps what failed for the next try
+                    await fut
+            if not self._retry and not self._buffer:
+                return
+            await asyncio.sleep(0.2 * (attempt + 1))
+        if self._retry:
+            self._note(f"{len(self._retry)} demo event(s) could not be written: the store stayed busy")
 
     async def wait_backfilled(self) -> BackfillResult | None:
         """The backfill's result once it has finished (bound it with ``asyncio.timeout``)."""
@@ -406,24 +418,37 @@ class Demo:
             self._submit()
 
     def _submit(self) -> asyncio.Future[Any] | None:
-        if not self._buffer:
+        if not self._buffer and not self._retry:
             return None
-        events = list(self._buffer)
+        self._events += len(self._buffer)
+        events = self._retry + self._buffer
+        self._retry = []
         self._buffer.clear()  # in place: the gateway's listener is this list's append
-        self._events += len(events)
         try:
             fut = self.pipeline.submit(Batch(events=events), block=False)
         except Exception as exc:  # the pipeline stopped under us: say so, never lose silently
             self._note(f"{len(events)} demo event(s) not written: {exc}")
             return None
         wrapped = asyncio.wrap_future(fut)
-        wrapped.add_done_callback(self._on_written)
+        wrapped.add_done_callback(functools.partial(self._on_written, events))
         return wrapped
 
-    def _on_written(self, fut: asyncio.Future[Any]) -> None:
+    def _on_written(self, events: list[Event], fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
+        if isinstance(exc, StoreUnavailable):
+            # Nothing of the batch was committed (the store was busy or away): try it again with the
+            # next flush.  Only a store that stays away long enough to pile up _MAX_RETRY events
+            # costs events, and that is said.
+            self._retry = events + self._retry
+            if len(self._retry) > _MAX_RETRY:
+                lost = len(self._retry) - _MAX_RETRY
+                del self._retry[:lost]
+                self._note(f"the store is not taking demo events: {lost} dropped ({exc})")
+            else:
+                log.info("demo events will be retried: %s", exc)
+            return
         if exc is not None:
             self._note(f"writing demo events failed: {exc}")
             return
@@ -451,29 +476,17 @@ class Demo:
         start_min = end_min - int(hours * 60)
         history = HistoryMaker(self.seed, per_minute=per_minute)
         result = BackfillResult(since=start_min * 60.0, until=end_min * 60.0)
-        # The pipeline's writer thread stores one chunk while this thread makes the next.
         writer = Pipeline(self.store)
-        writer.start()
-        futures: list[concurrent.futures.Future[WriteResult]] = []
-        try:
-            chunk: list[Event] = []
-            for minute in range(start_min, end_min):
-                if self._closed:  # quitting: what is written stays (a later start completes it)
-                    break
-                chunk.extend(history.minute(minute))
-                if len(chunk) >= _BACKFILL_CHUNK:
-                    futures.append(writer.submit(Batch(events=chunk)))
-                    result.generated += len(chunk)
-                    chunk = []
-            if chunk and not self._closed:
-                futures.append(writer.submit(Batch(events=chunk)))
-                result.generated += len(chunk)
-        finally:
-            writer.stop()
-        for fut in futures:
-            r = fut.result()  # a store that failed raises here (StoreUnavailable): nothing hidden
-            result.ingested += r.ingested
-            result.duplicates += r.duplicates
+        chunk: list[Event] = []
+        for minute in range(start_min, end_min):
+            if self._closed:  # quitting: what is written stays (a later start completes it)
+                break
+            chunk.extend(history.minute(minute))
+            if len(chunk) >= _BACKFILL_CHUNK:
+                self._write_history(writer, chunk, result)
+                chunk = []
+        if chunk and not self._closed:
+            self._write_history(writer, chunk, result)
         result.seconds = time.perf_counter() - t0
         self._backfill = result
         log.info(
@@ -484,6 +497,16 @@ class Demo:
             result.seconds,
         )
         return result
+
+    @staticmethod
+    def _write_history(writer: Pipeline, events: list[Event], result: BackfillResult) -> None:
+        r = writer.write(Batch(events=events))  # a store that fails raises (StoreUnavailable): nothing hidden
+        result.generated += len(events)
+        result.ingested += r.ingested
+        result.duplicates += r.duplicates
+        # Short transactions and a breath between them: the live events' writer must get the
+        # SQLite write lock in time (its busy timeout), or its batches would fail.
+        time.sleep(_BACKFILL_PAUSE_S)
 
 
 # --- simulated history ----------------------------------------------------------------------------

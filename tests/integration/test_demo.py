@@ -6,6 +6,7 @@ Real parts only: the simulator on 127.0.0.1, the gateway, the ingest pipeline, a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,9 @@ from app.core.event import Failure
 from app.demo import Demo, WeatherPhase, WeatherSchedule, demo_config, load_weather, parse_weather
 from app.sim import load_scenario
 from app.sim.traffic import TrafficProfile
+from app.sources.base import Batch
 from app.sources.live import LiveAggregator
+from app.sources.pipeline import Pipeline, StoreUnavailable, WriteResult
 from storage.engine import Store, open_store
 from storage.queries.control import list_breaker_transitions
 from storage.queries.events import EventFilter, count_events
@@ -185,3 +188,40 @@ def test_a_second_demo_start_does_not_duplicate_history(store: Store) -> None:
     assert gen2 >= gen1 - 200
     assert new2 < 300, "the second start wrote the history again"  # only the minutes that passed in between
     assert rollup_totals(store.engine, until=time.time() - 600).requests < gen1 + 300
+
+
+class _BusyOnce(Pipeline):
+    """A real pipeline whose first batches fail the way a store busy past its timeout fails them."""
+
+    def __init__(self, store: Store, live: LiveAggregator, refusals: int) -> None:
+        super().__init__(store, live=live)
+        self.refusals = refusals
+
+    def submit(self, batch: Batch, *, block: bool = True) -> concurrent.futures.Future[WriteResult]:
+        if self.refusals > 0 and batch.events:
+            self.refusals -= 1
+            fut: concurrent.futures.Future[WriteResult] = concurrent.futures.Future()
+            fut.set_exception(StoreUnavailable("the store could not take the batch: database is locked"))
+            return fut
+        return super().submit(batch, block=block)
+
+
+def test_events_a_busy_store_refused_are_written_later_not_lost(store: Store) -> None:
+    live = LiveAggregator()
+    pipeline = _BusyOnce(store, live, refusals=3)
+
+    async def main() -> None:
+        demo = Demo(store, live, seed=5, profile=FAST, weather=CALM, backfill_hours=0, pipeline=pipeline)
+        pipeline.start()
+        try:
+            await demo.start()
+            assert await wait_for(lambda: pipeline.refusals == 0 and demo.status().written >= 30)
+            await demo.stop_traffic()
+            st = demo.status()
+            assert st.written == st.events == count_events(store.engine), "refused events were lost"
+            assert not st.errors
+        finally:
+            await demo.aclose()
+            pipeline.stop()
+
+    asyncio.run(main())
