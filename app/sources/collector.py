@@ -256,10 +256,10 @@ class Collector:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def settle(self, timeout: float = 2.0) -> None:
-        """Wait (at most ``timeout`` s) until every started source is past ``starting``: a receiver bound
+    async def settle(self, within: float = 2.0) -> None:
+        """Wait (at most ``within`` s) until every started source is past ``starting``: a receiver bound
         to its port, a poller through its first attempt."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if all(s.state is not SourceState.STARTING for s in self.statuses()):
                 return

@@ -91,9 +91,9 @@ class Backoff:
     def next_delay(self, hint: float | None = None) -> float:
         ceiling = min(self.cap, self.base * 2**self.failures)
         self.failures += 1
-        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        delay: float = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
         if hint is not None and hint > 0:
-            delay = min(max(delay, hint), max(self.cap, hint))
+            delay = float(min(max(delay, hint), max(self.cap, hint)))
         return delay
 
     def reset(self) -> None:

@@ -306,7 +306,7 @@ class UsagePoller:
         async for bucket in self._pages(client, "/organization/costs", params, headers):
             day = _day(_parse_time(bucket.get("start_time"), "costs"))
             for r in _results(bucket):
-                amount = r.get("amount") if isinstance(r.get("amount"), Mapping) else {}
+                amount = _mapping(r.get("amount"))
                 currency = str(amount.get("currency") or "usd").lower()
                 if currency != "usd":
                     raise PollError(f"OpenAI reports costs in {currency.upper()}; only USD is reconciled")
@@ -337,7 +337,7 @@ class UsagePoller:
         async for bucket in self._pages(client, "/v1/organizations/usage_report/messages", params, headers):
             day = _day(_parse_time(bucket.get("starting_at"), "usage_report"))
             for r in _results(bucket):
-                creation = r.get("cache_creation") if isinstance(r.get("cache_creation"), Mapping) else {}
+                creation = _mapping(r.get("cache_creation"))
                 write = _int(creation.get("ephemeral_5m_input_tokens")) + _int(
                     creation.get("ephemeral_1h_input_tokens")
                 )
@@ -428,6 +428,10 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(err, Mapping):
         return str(err.get("message") or err.get("type") or "")[:300]
     return str(body)[:200]
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _results(bucket: Mapping[str, Any]) -> list[Mapping[str, Any]]:

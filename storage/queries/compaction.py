@@ -320,7 +320,7 @@ def _tier_rows(agg: Aggregate, grain: int, *, percentiles: bool) -> list[tuple[A
         for merged in (agg.latency, agg.ttft):
             values = merged.quantiles(qs)
             for k in range(len(qs)):
-                columns.append([None if v != v else v for v in values[:, k].tolist()])  # NaN -> NULL
+                columns.append([None if math.isnan(v) else v for v in values[:, k].tolist()])
     return list(zip(*columns, strict=True))
 
 
@@ -667,6 +667,7 @@ def _rebuild_fine(
     table: Table,
     blocks: Sequence[float],
     source: RowBatch,
+    *,
     now: float,
     policy: RetentionPolicy,
 ) -> int:
@@ -705,7 +706,7 @@ def _compact_blocks(
     fresh = [b for b in blocks if _within(minute_h, b)]
     if fresh:
         rows = read_minute_rows(conn, _merge_spans((b, b + BLOCK) for b in fresh))
-        result.tier_rows += _rebuild_fine(conn, ROLLUP_TIER, fresh, rows, now, policy)
+        result.tier_rows += _rebuild_fine(conn, ROLLUP_TIER, fresh, rows, now=now, policy=policy)
     for block in (b for b in blocks if not _within(minute_h, b)):
         late.add(block)
         rows = read_minute_rows(conn, [(block, block + BLOCK)])
@@ -719,7 +720,7 @@ def _compact_blocks(
     if fresh_events:
         spans = _merge_spans((b, b + BLOCK) for b in fresh_events)
         cells = read_user_cells(conn, spans)
-        result.user_rows += _rebuild_fine(conn, ROLLUP_USER, fresh_events, cells, now, policy)
+        result.user_rows += _rebuild_fine(conn, ROLLUP_USER, fresh_events, cells, now=now, policy=policy)
         o = OUTLIERS.c
         conn.execute(delete(OUTLIERS).where(or_(*[and_(o.ts >= a, o.ts < b) for a, b in spans])))
         result.outliers += _find_outliers(conn, spans, rules, baselines)
