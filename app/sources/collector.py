@@ -48,8 +48,11 @@ from storage.queries.source_configs import SOURCE_KINDS, SourceConfig, list_sour
 
 log = logging.getLogger(__name__)
 
-#: Dirty 5-minute blocks compacted per write transaction batch of a pass (keeps the writer's waits short).
+#: Dirty 5-minute blocks compacted per pass (a backlog is worked through in several passes).
 COMPACT_MAX_BLOCKS = 288
+#: Seconds between rebuilds of today's day rows (a day's rows merge 24 hours of sketches).
+TODAY_EVERY_S = 900.0
+_DAY = 86_400
 _RESTART_MIN_S = 1.0
 _RESTART_MAX_S = 60.0
 
@@ -201,6 +204,7 @@ class Collector:
         self._started = False
         self._closing = False
         self._reload_lock = asyncio.Lock()
+        self._today_rebuilt_at = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -437,10 +441,18 @@ class Collector:
         :data:`COMPACT_MAX_BLOCKS` blocks, so the pipeline's writer never waits long.
         """
         total: CompactionResult | None = None
+        # Today's day rows are rebuilt every TODAY_EVERY_S only: until then charts read today's hours.
+        now = time.time()
+        rebuild_today = now - self._today_rebuilt_at >= TODAY_EVERY_S
+        days_before = None if rebuild_today else now - now % _DAY
         while not self._closing:
             try:
                 result = await asyncio.to_thread(
-                    compact_rollups, self.store.engine, policy=self.retention, max_blocks=COMPACT_MAX_BLOCKS
+                    compact_rollups,
+                    self.store.engine,
+                    policy=self.retention,
+                    max_blocks=COMPACT_MAX_BLOCKS,
+                    days_before=days_before,
                 )
             except Exception as exc:
                 self.maintenance.last_compaction_error = str(exc)
@@ -452,6 +464,8 @@ class Collector:
             total = result
             if not result.remaining:
                 break
+        if rebuild_today and total is not None:
+            self._today_rebuilt_at = now
         return total
 
     async def retain_now(self) -> None:

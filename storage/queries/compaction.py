@@ -525,6 +525,7 @@ def compact_rollups(
     policy: RetentionPolicy = DEFAULT_RETENTION,
     rules: OutlierRules = DEFAULT_OUTLIER_RULES,
     max_blocks: int | None = None,
+    days_before: float | None = None,
 ) -> CompactionResult:
     """Bring the tiers up to date with every dirty block (oldest first; at most ``max_blocks``).
 
@@ -532,6 +533,10 @@ def compact_rollups(
     writer waits for it: keep passes short with ``max_blocks`` when a big
     backfill is pending), then each touched day in one more.  Safe to run
     from several processes: a block is done by whoever removes its mark.
+
+    ``days_before``: rebuild only the pending days that start before it
+    (e.g. today's midnight, so the day still being written is rebuilt now and
+    then rather than on every pass: until then queries read its hours).
     """
     t0 = time.perf_counter()
     now = time.time() if now is None else now
@@ -575,6 +580,8 @@ def compact_rollups(
                 result.hours += 1
             result.blocks += len(still)
     for day in pending_days(bind):
+        if days_before is not None and day >= days_before:
+            continue
         with transaction(bind, write=True) as conn:
             lock_rollups(conn)
             gone = conn.execute(delete(ROLLUP_DIRTY).where(c.grain == DAY, c.bucket == day)).rowcount

@@ -574,3 +574,23 @@ def test_cube_aggregation_counts_each_row_in_every_rollup() -> None:
     assert requests[("openai", "*", "chat", "*")] == 3
     assert requests[("*", "gpt-4o-mini", "*", "")] == 2
     assert len(agg) == 16 + 16 - 4  # the roll-ups the two rows share (model and feature both *) count once
+
+
+def test_todays_day_rows_may_wait_while_charts_read_its_hours(store: Store) -> None:
+    today = NOW - NOW % DAY
+    events = make_events(random.Random(6), today, NOW - 60, 120)
+    Pipeline(store).write_events(events)
+    compact_rollups(store.engine, now=NOW, days_before=today)
+    assert compaction.pending_days(store.engine) == [today] and not dirty_blocks(store.engine)
+    r = query_series(store.engine, today - DAY, today + DAY, ["requests", "latency_p95"], step=DAY, now=NOW)
+    total = r.total()
+    assert total is not None and r.plan.grain == DAY
+    for m in ("requests", "latency_p95"):
+        assert_series(total.values[m], brute(events, r.plan, m), m)
+    compact_rollups(store.engine, now=NOW)
+    assert compaction.pending_days(store.engine) == []
+    again = query_series(
+        store.engine, today - DAY, today + DAY, ["requests", "latency_p95"], step=DAY, now=NOW
+    ).total()
+    assert again is not None
+    np.testing.assert_array_equal(again.values["latency_p95"], total.values["latency_p95"])
