@@ -19,7 +19,7 @@ import pytest
 
 from app.core.breaker import BreakerState
 from app.core.event import CostSource, Failure
-from app.gateway.engine import Gateway, GatewayError, GatewayRequest, GatewayStreamEnd
+from app.gateway.engine import Gateway, GatewayError, GatewayRequest, GatewayStreamEnd, GatewayStreamStart
 from app.providers import TextDelta
 from app.sim import SimServer, SimThread, load_scenario
 from storage.engine import Store, open_store
@@ -460,7 +460,11 @@ def test_a_stream_cut_after_the_first_chunk_is_a_billed_failure(sim: SimServer, 
 
 def test_a_stream_that_fails_before_its_first_token_falls_back(sim: SimServer, store: Store) -> None:
     sim.set_scenario(
-        {"name": "openai-503", "outages": [{"provider": "openai", "fault": "unavailable", "rate": 1.0}]}
+        {
+            "name": "openai-503",
+            "outages": [{"provider": "openai", "fault": "unavailable", "rate": 1.0}],
+            "fault_options": {"retry_after": 30},  # longer than the deadline: straight to the fallback
+        }
     )
     cfg = make_config(sim)
 
@@ -472,6 +476,7 @@ def test_a_stream_that_fails_before_its_first_token_falls_back(sim: SimServer, s
     assert err is None
     end = items[-1]
     assert isinstance(end, GatewayStreamEnd) and end.response.target == "strong"
+    assert items[0] == GatewayStreamStart("strong", 2, "off")
     assert end.response.event.targets_tried == ["fast", "strong"] and end.response.event.ttft_ms is not None
 
 

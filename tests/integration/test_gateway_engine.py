@@ -24,7 +24,7 @@ from app.core.event import CacheHit, CostSource, Event, Failure
 from app.core.pricing import price_call
 from app.gateway.control import apply_config
 from app.gateway.cost import Pricer
-from app.gateway.engine import Gateway, GatewayError, GatewayRequest, GatewayStreamEnd
+from app.gateway.engine import Gateway, GatewayError, GatewayRequest, GatewayStreamEnd, GatewayStreamStart
 from app.gateway.state import config_from_rows, config_to_rows
 from app.gateway.writer import StoreWriter
 from app.providers import StreamDone, TextDelta
@@ -171,6 +171,7 @@ def test_stream_yields_chunks_then_the_end_and_one_event(sim: SimServer, store: 
         return items, None
 
     items, _ = run(main)
+    assert items[0] == GatewayStreamStart("fast", 1, "off"), "what the server puts in its headers comes first"
     assert isinstance(items[-1], GatewayStreamEnd)
     assert isinstance(items[-2], StreamDone)
     text = "".join(i.text for i in items if isinstance(i, TextDelta))
@@ -422,6 +423,7 @@ def test_exact_cache_hits_at_temperature_zero_and_not_above_unless_opted_in(
     assert (s1.cache, s2.cache) == ("miss", "miss"), "an entry past its TTL is not served"
     end = out["stream"][-1]
     assert isinstance(end, GatewayStreamEnd) and end.response.cache == "hit"
+    assert out["stream"][0] == GatewayStreamStart("fast", 0, "hit")
     assert "".join(i.text for i in out["stream"] if isinstance(i, TextDelta)) == a.result.text
     # calls that reached the simulator: zero(1) warm(2) creative(1) other(1) ttl(2)
     assert len(models_called(sim)) == 7
