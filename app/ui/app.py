@@ -71,7 +71,13 @@ class ControlRoom(QtCore.QObject):
         self.window.show()
         self._startup_pending = 3
         self.bridge.run(_open_store(self.options.store_url), self._on_store_open, self._on_store_error)
-        self.window.attach_data(live=self.live, bridge=self.bridge, store=lambda: self.store)
+        self.window.attach_data(
+            live=self.live,
+            bridge=self.bridge,
+            store=lambda: self.store,
+            # The demo's in-process gateway, once it runs: live breaker snapshots for the Breakers page.
+            gateway=lambda: getattr(self.demo.demo, "gateway", None),
+        )
         self.bridge.run(_keyring_status(), self._on_keyring, lambda exc: self._on_keyring(None))
         self.bridge.run(_tokens_and_price(), self._on_smoke_check, self._on_smoke_check_error)
 

@@ -28,6 +28,9 @@ class StatusBar(QtWidgets.QStatusBar):
         super().__init__(parent)
         self.setSizeGripEnabled(False)
         self.store = QtWidgets.QLabel("store: opening…")
+        # A long store path gives way (its tooltip has it all) rather than push the badges off screen.
+        self.store.setMinimumWidth(120)
+        self.store.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
         self.runtime = QtWidgets.QLabel("runtime: starting")
         self.keyring = QtWidgets.QLabel("keyring: checking")
         self.ingest = QtWidgets.QLabel("ingest: —")

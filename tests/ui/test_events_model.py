@@ -247,3 +247,17 @@ def test_fetch_errors_reach_the_operator() -> None:
     assert model.error == "disk I/O error"
     assert not model.canFetchMore()
     _ = QtCore
+
+
+def test_refresh_swaps_in_new_rows_without_a_blank_table(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'live.db'}") as live:
+        insert_events(live.engine, make_events(50, end=END, span_s=60, seed=1))
+        model = EventsModel(partial(fetch_rows, live.engine), partial(count_rows, live.engine), page_size=20)
+        model.reload()
+        assert model.total == 50
+        sizes: list[int] = []
+        model.modelReset.connect(lambda: sizes.append(model.rowCount()))
+        insert_events(live.engine, make_events(5, end=END + 30, span_s=10, seed=2))
+        model.refresh()
+        assert sizes == [20]  # one reset, straight to the new first page
+        assert model.row_at(0).ts_start > END and model.total == 55

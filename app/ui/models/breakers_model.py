@@ -230,6 +230,13 @@ def describe_override(o: BreakerOverride, now: float) -> str:
     return f"{verb} by {o.actor}{until}: {o.reason or 'no reason given'}"
 
 
+def fmt_duration(seconds: float) -> str:
+    """How long a breaker has been in its state: ``7 s``, ``19 min 29 s``, ``2 h 5 min``."""
+    if seconds < 60:
+        return f"{max(0, int(seconds))} s"
+    return fmt.fmt_latency_ms(round(seconds) * 1000)
+
+
 def fmt_local(ts: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(ts))
 
@@ -327,7 +334,7 @@ class BreakersModel(QtCore.QAbstractTableModel):
         if col == COL_IN_STATE:
             if row.since is None:
                 return "—"
-            return fmt.fmt_latency_ms((now - row.since) * 1000).replace(".00 s", " s")
+            return fmt_duration(now - row.since)
         if col == COL_CAUSE:
             return row.last_cause or "—"
         return ""

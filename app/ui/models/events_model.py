@@ -297,6 +297,9 @@ class EventsModel(QtCore.QAbstractTableModel):
         self._set_error("")
         self._set_total(-1)
         self._load_page(None)
+        self._count_again()
+
+    def _count_again(self) -> None:
         if self._count is not None:
             generation = self._generation
             count = self._count
@@ -306,6 +309,14 @@ class EventsModel(QtCore.QAbstractTableModel):
                 lambda n: self._on_count(generation, n),
                 lambda exc: None,  # the page read reports the same problem
             )
+
+    def refresh(self) -> None:
+        """Read the first page again and swap it in at once: no blank table while it loads (live follow)."""
+        if self._loading:
+            return
+        self._generation += 1
+        self._load_page(None, replace=True)
+        self._count_again()
 
     def refresh_times(self) -> None:
         """Relative times move on: repaint the time column without a reload."""
@@ -318,7 +329,7 @@ class EventsModel(QtCore.QAbstractTableModel):
             )
 
     # -- loading ------------------------------------------------------------------
-    def _load_page(self, cursor: RowCursor | None) -> None:
+    def _load_page(self, cursor: RowCursor | None, *, replace: bool = False) -> None:
         generation = self._generation
         query = self._query
         fetch = self._fetch
@@ -326,15 +337,20 @@ class EventsModel(QtCore.QAbstractTableModel):
         self._set_loading(True)
         self._runner(
             lambda: fetch(query, cursor, size),
-            lambda page: self._on_page(generation, page),
+            lambda page: self._on_page(generation, page, replace),
             lambda exc: self._on_error(generation, exc),
         )
 
-    def _on_page(self, generation: int, page: RowPage) -> None:
+    def _on_page(self, generation: int, page: RowPage, replace: bool = False) -> None:
         if generation != self._generation:
             return  # an answer to a query the operator has since replaced
         self.pages_fetched += 1
-        if page.rows:
+        if replace:
+            self.beginResetModel()
+            self._rows = list(page.rows)
+            self._now = self._clock()
+            self.endResetModel()
+        elif page.rows:
             first = len(self._rows)
             self.beginInsertRows(QtCore.QModelIndex(), first, first + len(page.rows) - 1)
             self._rows.extend(page.rows)

@@ -36,6 +36,10 @@ from storage.queries.events import EventFilter, get_event
 
 #: How often "4 min ago" is brought up to date.
 RELATIVE_TIME_REFRESH_MS = 30_000
+#: How often a live range (or an empty table) reads the newest events again.
+FOLLOW_MS = 3000
+#: Rows a page reads at a time.
+PAGE_ROWS = 500
 
 SEARCH_HELP = (
     "Words match the id, provider, model, route, feature, user and error message. "
@@ -254,6 +258,7 @@ class EventsPage(QtWidgets.QWidget):
         self._runner: Runner | None = None
         self._store_getter: Callable[[], Any] = lambda: None
         self._range_label = ""
+        self._live_range = False
         self._fitted = False
         self._filters = EventFilter()
         self._preset = preset("newest")
@@ -357,6 +362,8 @@ class EventsPage(QtWidgets.QWidget):
 
         self._times = QTimer(self, interval=RELATIVE_TIME_REFRESH_MS)
         self._times.timeout.connect(self._refresh_times)
+        self._follow = QTimer(self, interval=FOLLOW_MS)
+        self._follow.timeout.connect(self._follow_live)
 
     # -- data access ----------------------------------------------------------------
     def attach_store(self, store: Any, runner: Runner, gateway: Any = None) -> None:
@@ -385,6 +392,7 @@ class EventsPage(QtWidgets.QWidget):
         model.total_changed.connect(self._update_count)
         model.rowsInserted.connect(self._update_count)
         model.rowsInserted.connect(self._fit_columns_once)
+        model.modelReset.connect(self._fit_columns_once)
         model.modelReset.connect(self._update_count)
         model.loading_changed.connect(self._update_count)
         model.error_changed.connect(self._show_error)
@@ -397,12 +405,14 @@ class EventsPage(QtWidgets.QWidget):
         header.sortIndicatorChanged.connect(self._on_sort)
         self._size_columns()
         self._times.start()
+        self._follow.start()
         self._run_query()
 
     def set_filter_state(self, state: Any) -> None:
         """Follow the shared filter bar (``app.ui.filters.FilterState``): dimensions and time range."""
         since = float(self._clock()) - state.seconds if getattr(state, "seconds", 0) else None
         self._range_label = str(state.range.label).lower() if hasattr(state, "range") else ""
+        self._live_range = bool(getattr(state, "live", False))
         self.set_filters(
             EventFilter(
                 since=since,
@@ -505,25 +515,49 @@ class EventsPage(QtWidgets.QWidget):
             COL_STATUS: metrics.horizontalAdvance("Status") + 28,
             COL_TOKENS: metrics.horizontalAdvance("12.4k → 3.1k") + 24,
             COL_FAILURE: metrics.horizontalAdvance("connection_error") + 28,
-            COL_COST: metrics.horizontalAdvance("$0.0042") + 24,
+            COL_COST: metrics.horizontalAdvance("$0.000042") + 24,
         }
         for column, title in enumerate(HEADERS):
             width = widths.get(column, max(metrics.horizontalAdvance(title) + 28, 72))
             self.table.setColumnWidth(column, width)
 
     def _fit_columns_once(self, *_args: object) -> None:
-        # Fit the text columns to the first rows seen, once: later pages must not make columns jump.
+        # Widen text columns to what the first rows hold; only ever widen, and stop after a full
+        # page, so later pages and live refreshes never make columns jump about.
         model = self.model
         if self._fitted or model is None or model.rowCount() == 0:
             return
-        self._fitted = True
+        self._fitted = model.rowCount() >= PAGE_ROWS // 4
         metrics = self.table.fontMetrics()
         cap = metrics.horizontalAdvance("M") * 16
         rows = range(min(model.rowCount(), 200))
-        for column in (COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER):
+        for column in (COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER, COL_COST, COL_TOKENS):
             texts = [HEADERS[column], *(str(model.index(r, column).data()) for r in rows)]
-            width = max(metrics.horizontalAdvance(t) for t in texts) + 20
+            width = max(metrics.horizontalAdvance(t) for t in texts) + 24
             self.table.setColumnWidth(column, min(max(width, self.table.columnWidth(column)), cap))
+
+    def _follow_live(self) -> None:
+        """Keep a live range (or an empty table) current, but never move rows under the operator.
+
+        Only while the page is shown, at the top of the table, with nothing selected and no panel open.
+        """
+        model = self.model
+        if model is None or not self.isVisible() or model.loading or model.error:
+            return
+        empty = model.rowCount() == 0
+        idle = (
+            self.table.verticalScrollBar().value() == 0
+            and not self.table.selectionModel().hasSelection()
+            and not self.detail.isVisible()
+            and model.rowCount() <= PAGE_ROWS
+        )
+        if empty or (self._live_range and idle and model.query.sort == "time"):
+            model.refresh()
+
+    def showEvent(self, event: QtGui.QShowEvent) -> None:
+        super().showEvent(event)
+        if self.model is not None and self.model.rowCount() == 0 and not self.model.loading:
+            self._run_query()
 
     def _refresh_times(self) -> None:
         if self.model is not None and self.isVisible():
