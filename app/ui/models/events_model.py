@@ -96,10 +96,13 @@ def local_time(ts: float, now: float) -> str:
 
 
 def full_time(ts: float) -> str:
-    """Local date and time with the zone, then UTC: for tooltips and the detail panel."""
+    """Local date and time with the zone, then UTC (once, when the local zone is UTC): tooltips, the detail panel."""
     local = datetime.fromtimestamp(ts).astimezone()
     utc = datetime.fromtimestamp(ts, tz=UTC)
-    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}  ({utc:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC)"
+    utc_text = f"{utc:%Y-%m-%d %H:%M:%S.%f}"[:-3] + " UTC"
+    if local.utcoffset() == utc.utcoffset():
+        return utc_text
+    return f"{local:%Y-%m-%d %H:%M:%S} {local.tzname()}  ({utc_text})"
 
 
 def _display(row: EventRow, column: int, now: float) -> str:

@@ -398,12 +398,13 @@ class EventsPage(QtWidgets.QWidget):
         model.error_changed.connect(self._show_error)
         self.model = model
         self.table.setModel(model)
-        self.table.setSortingEnabled(True)
-        self.table.selectionModel().currentRowChanged.connect(self._on_current_changed)
+        self._size_columns()
         header = self.table.horizontalHeader()
         header.setSortIndicator(COL_TIME, Qt.SortOrder.DescendingOrder)
+        self.table.setSortingEnabled(True)  # sorts at once: the query below replaces that read
+        self.table.selectionModel().currentRowChanged.connect(self._on_current_changed)
         header.sortIndicatorChanged.connect(self._on_sort)
-        self._size_columns()
+        self._fitted = False
         self._times.start()
         self._follow.start()
         self._run_query()
@@ -486,7 +487,8 @@ class EventsPage(QtWidgets.QWidget):
         elif total == 0:
             text = "no events match"
         else:
-            text = f"{total:,} events" + (f" · {loaded:,} loaded, scroll for more" if loaded < total else "")
+            noun = "event" if total == 1 else "events"
+            text = f"{total:,} {noun}" + (f" · {loaded:,} loaded, scroll for more" if loaded < total else "")
         self.count_label.setText(text)
         empty = total == 0 and loaded == 0 and not model.loading and not model.error
         if empty:
