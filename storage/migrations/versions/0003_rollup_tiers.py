@@ -151,19 +151,17 @@ def upgrade() -> None:
             "FOR EACH ROW EXECUTE FUNCTION rollup_minute_mark_dirty()"
         )
     else:
+        block = f"CAST(NEW.minute / {_BLOCK} AS INTEGER) * {_BLOCK}.0"
         for when in ("INSERT", "UPDATE"):
+            # The check is the trigger's WHEN, not a NOT EXISTS inside its body: half the cost per row
+            # (measured).  Not INSERT OR IGNORE: the conflict policy of the statement that fired the
+            # trigger (the rollup upsert's ABORT) overrides one given inside a trigger.
             op.execute(
                 f"""
                 CREATE TRIGGER trg_rollup_minute_dirty_{when.lower()} AFTER {when} ON rollup_minute
+                WHEN NOT EXISTS (SELECT 1 FROM rollup_dirty WHERE grain = {_BLOCK} AND bucket = {block})
                 BEGIN
-                    -- Not INSERT OR IGNORE: the policy of the statement that fired the trigger
-                    -- (the rollup upsert's ABORT) overrides one given in a trigger body.
-                    INSERT INTO rollup_dirty (grain, bucket)
-                    SELECT {_BLOCK}, CAST(NEW.minute / {_BLOCK} AS INTEGER) * {_BLOCK}.0
-                    WHERE NOT EXISTS (
-                        SELECT 1 FROM rollup_dirty
-                        WHERE grain = {_BLOCK} AND bucket = CAST(NEW.minute / {_BLOCK} AS INTEGER) * {_BLOCK}.0
-                    );
+                    INSERT INTO rollup_dirty (grain, bucket) VALUES ({_BLOCK}, {block});
                 END
                 """
             )
