@@ -132,7 +132,7 @@ def check_store(url: str, db: Path, unique: int, bad: int) -> None:
         conn.close()
 
 
-def crash_rounds(tmp_path: Path, rounds: int, n: int, *, tail: bool) -> int:
+def crash_rounds(tmp_path: Path, rounds: int, n: int, *, tail: bool, max_kills: int = 12) -> int:
     kills_total = 0
     for r in range(rounds):
         rng = random.Random(1000 + r)
@@ -144,7 +144,7 @@ def crash_rounds(tmp_path: Path, rounds: int, n: int, *, tail: bool) -> int:
             cmd = [sys.executable, "-c", TAIL_DRIVER, str(path), url]
         else:
             cmd = [sys.executable, "-m", "app", "ingest", str(path), "--store", url, "--json"]
-        kills, out = run_until_done(cmd, rng)
+        kills, out = run_until_done(cmd, rng, max_kills=max_kills)
         kills_total += kills
         check_store(url, db, unique, bad)
         if tail:
@@ -164,7 +164,7 @@ def test_tail_killed_and_restarted_resumes_exactly(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_ingest_survives_twenty_rounds_of_sigkill(tmp_path: Path) -> None:
-    kills = crash_rounds(tmp_path, rounds=20, n=20_000, tail=False)
+    kills = crash_rounds(tmp_path, rounds=20, n=8_000, tail=False, max_kills=5)
     print(f"\n20 rounds of controlroom ingest, {kills} SIGKILLs")
     assert kills >= 20
 
@@ -172,6 +172,6 @@ def test_ingest_survives_twenty_rounds_of_sigkill(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_tail_survives_twenty_rounds_of_sigkill(tmp_path: Path) -> None:
-    kills = crash_rounds(tmp_path, rounds=20, n=20_000, tail=True)
+    kills = crash_rounds(tmp_path, rounds=20, n=8_000, tail=True, max_kills=5)
     print(f"\n20 rounds of the JSONL tail, {kills} SIGKILLs")
     assert kills >= 20
