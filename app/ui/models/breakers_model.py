@@ -124,8 +124,8 @@ def load_board(
     live = {s.target: s for s in snapshots or ()}
     names = sorted({*targets, *overrides, *live, *(t.target for t in transitions)})
     last: dict[str, BreakerTransition] = {}
-    for t in transitions:
-        last[t.target] = t
+    for tr in transitions:
+        last[tr.target] = tr
     for name in names:
         if name not in last:  # older than the timeline: one more read, only for this target
             older = list_breaker_transitions(engine, target=name, until=now - history_s, limit=1)
@@ -170,8 +170,12 @@ def load_board(
         state = t.to_state if t is not None else ("closed" if name in targets else "unknown")
         if override is not None:
             state = "open" if override.state == "force_open" else "closed"
-        n, failed = counts.get((provider, model), (0, 0)) if provider and model else (None, None)  # type: ignore[assignment]
-        rate = failed / n if n else None
+        # Without the target's provider and model (not in the store) its events cannot be told apart.
+        n: int | None = None
+        failed: int | None = None
+        if provider and model:
+            n, failed = counts.get((provider, model), (0, 0))
+        rate = failed / n if n and failed is not None else None
         rows.append(
             BreakerRow(
                 name,

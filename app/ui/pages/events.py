@@ -215,7 +215,7 @@ class EventDetail(QtWidgets.QFrame):
         self.no_text.setWordWrap(True)
         for w in (self.input_label, self.input_text, self.output_label, self.output_text, self.no_text):
             layout.addWidget(w, 1 if isinstance(w, QtWidgets.QPlainTextEdit) else 0)
-        self.event: Event | None = None
+        self.shown_event: Event | None = None
 
     def show_loading(self, event_id: str) -> None:
         self.title.setText("Event")
@@ -225,7 +225,7 @@ class EventDetail(QtWidgets.QFrame):
         self.fields.setPlainText(f"Could not read the event: {message}")
 
     def show_event(self, event: Event | None, now: float) -> None:
-        self.event = event
+        self.shown_event = event
         if event is None:
             self.fields.setPlainText("This event is no longer in the store (retention removed it).")
             for w in (self.input_label, self.input_text, self.output_label, self.output_text):
@@ -580,6 +580,10 @@ class EventsPage(QtWidgets.QWidget):
         """Show one event in the detail panel (also for other pages: one click opens the request)."""
         if self._runner is None:
             return
+        if not self.detail.isVisible():
+            # The table keeps most of the width: the panel reads fine at a third.
+            total = max(self.split.width(), 600)
+            self.split.setSizes([total * 62 // 100, total * 38 // 100])
         self.detail.setVisible(True)
         self.detail.show_loading(event_id)
         engine = self._engine
