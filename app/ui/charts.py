@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from app.ui.qt import QObject, Qt, QtCore, QtGui, Signal
+from app.ui.qt import QObject, Qt, QtCore, QtGui, QtWidgets, Signal
 from app.ui.theme import Colors, current_colors
 
 # pyqtgraph chooses its binding by what is already imported, or by this variable.
@@ -160,7 +160,10 @@ class TimeChart:
         self.plot.setObjectName(f"chart-{self.key}")
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
-        self.plot.showGrid(x=True, y=True, alpha=0.18)
+        # Horizontal grid only: it is drawn by the left axis, which is cached (it changes only when
+        # the y range grows); vertical lines would be redrawn every second as time moves.
+        self.plot.showGrid(x=False, y=True, alpha=0.18)
+        self.plot.getAxis("left").setCacheMode(QtWidgets.QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.plot.setLabel("left", self.unit_label)
         vb = self.plot.getViewBox()
         vb.setMouseEnabled(x=True, y=False)  # zoom by drag on time only; y stays fixed

@@ -48,7 +48,8 @@ def test_snapshot_numbers_are_the_live_windows(live: LiveAggregator) -> None:
     assert snap.previous["requests_per_s"] == pytest.approx(s.requests[-2 * p : -p].sum() / p)
     assert snap.values["error_rate"] == pytest.approx(s.errors[-p:].sum() / s.requests[-p:].sum())
     assert snap.values["cache_hit_rate"] == pytest.approx(s.cache_hits[-p:].sum() / s.requests[-p:].sum())
-    assert snap.values["p95_latency_ms"] == live.percentiles(LiveFilter(), seconds=p, now=NOW)[0.95]
+    assert snap.values["p95_latency_ms"] == live.percentiles(LiveFilter(), seconds=60, now=NOW)[0.95]
+    assert snap.previous["p95_latency_ms"] == live.percentiles(LiveFilter(), seconds=60, now=NOW - 60)[0.95]
     assert snap.values["cost_today_usd"] is None  # no store yet: not a made-up zero
     assert len(snap.sparks["requests_per_s"]) == 900 // SPARK_BUCKET_S
 

@@ -30,7 +30,7 @@ class TileSpec:
 
 TILES: tuple[TileSpec, ...] = (
     TileSpec("requests_per_s", "Requests /s", None),
-    TileSpec("p95_latency_ms", "p95 latency", False),
+    TileSpec("p95_latency_ms", "p95 latency · last min", False),
     TileSpec("error_rate", "Error rate", False),
     TileSpec("cost_today_usd", "Cost today", False),
     TileSpec("cache_hit_rate", "Cache hit rate", True),
@@ -178,7 +178,9 @@ class OverviewPage(QtWidgets.QWidget):
             prev = previous.get(key)
             if value is not None and prev is not None:
                 text, good = fmt.fmt_change(float(value), float(prev), tile.spec.higher_is_good)
-                period = "yesterday by now" if key == "cost_today_usd" else "previous 5 min"
+                period = {"cost_today_usd": "yesterday by now", "p95_latency_ms": "previous min"}.get(
+                    key, "previous 5 min"
+                )
                 tile.change.setText(f"{text} vs {period}")
                 colors = current_colors()
                 tint = colors.muted if good is None else (colors.ok if good else colors.bad)

@@ -11,6 +11,7 @@ exports the visible series (CSV, UTC) and the charts (PNG).
 
 from __future__ import annotations
 
+import collections
 import csv
 import math
 import time
@@ -28,7 +29,7 @@ from app.ui.filters import FilterState
 from app.ui.livefeed import F64, LiveFeed, TrafficFrame
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
-from app.ui.qt import QtWidgets, Signal
+from app.ui.qt import QTimer, QtWidgets, Signal
 from app.ui.theme import DARK, FAILURE_COLORS, Colors, current_colors
 
 #: Which chart an Overview tile opens.
@@ -44,6 +45,8 @@ TILE_CHART: dict[str, str] = {
 CHART_KEYS: tuple[str, ...] = ("requests", "latency", "ttft", "failures", "cost", "spend", "tokens", "cache")
 _COLUMNS = 2
 _MIN_PLOT_HEIGHT = 150
+#: Milliseconds between drawing one chart and the next when the live feed refreshes.
+STAGE_MS = 4
 
 
 def _num(v: float) -> str:
@@ -171,13 +174,25 @@ class TrafficPage(QtWidgets.QWidget):
         scroll.setWidget(self.graphics)
         self.scroll = scroll
         layout.addWidget(scroll, 1)
-        first = self.charts[CHART_KEYS[0]].plot
-        first.getViewBox().sigRangeChangedManually.connect(self._on_manual_zoom)
+        for chart in self.charts.values():
+            vb = chart.plot.getViewBox()
+            vb.sigRangeChangedManually.connect(lambda *_a, c=chart: self._on_manual_zoom(c))
+        # Charts are drawn one per event-loop turn, so each repaint covers one chart, not eight
+        # (the longest GUI-thread stall stays small under heavy traffic: tests/bench/test_bench_gui.py).
+        self._stage: list[TimeChart] = []
+        self._stage_timer = QTimer(self)
+        self._stage_timer.setInterval(STAGE_MS)
+        self._stage_timer.timeout.connect(self._draw_next)
+        self._staged: tuple[TrafficFrame, dict[str, dict[str, F64]]] | None = None
+        #: GUI-thread seconds per frame (all charts' steps added) and per step: for the benchmark.
+        self.draw_times: collections.deque[float] = collections.deque(maxlen=2000)
+        self.step_times: collections.deque[float] = collections.deque(maxlen=20000)
+        self._frame_cost = 0.0
         self.crosshair = Crosshair(self.graphics.scene(), list(self.charts.values()), self._time_text)
         self.apply_colors(current_colors())
         self._show_context(FilterState(), None)
         if feed is not None:
-            feed.frame_ready.connect(self.apply_frame)
+            feed.frame_ready.connect(self._on_feed_frame)
             if feed.last_frame is not None:
                 self.apply_frame(feed.last_frame)
 
@@ -269,18 +284,18 @@ class TrafficPage(QtWidgets.QWidget):
                 ],
             ),
         ]
-        # The hit rate is read out, not drawn: a 0-1 ratio on a hits/s axis would mislead.
-        first: TimeChart | None = None
+        # One time axis for the page (ui.md): tick times under the bottom row only.  The x ranges
+        # are kept equal by the page rather than setXLink, so charts can be redrawn one at a time.
         for i, chart in enumerate(charts):
             row, col = divmod(i, _COLUMNS)
             self.graphics.addItem(chart.header, row=2 * row, col=col)
             self.graphics.addItem(chart.plot, row=2 * row + 1, col=col)
             chart.plot.setMinimumHeight(_MIN_PLOT_HEIGHT)
-            if first is None:
-                first = chart
-            else:
-                chart.plot.setXLink(first.plot)
+            if i < len(charts) - _COLUMNS:
+                chart.plot.getAxis("bottom").setStyle(showValues=False)
+                chart.plot.getAxis("bottom").setHeight(8)
             self.charts[chart.key] = chart
+        # The hit rate is read out, not drawn: a 0-1 ratio on a hits/s axis would mislead.
         self.charts["cache"].curves["hit_rate"].setVisible(False)
         rows = math.ceil(len(charts) / _COLUMNS)
         for chart in list(self.charts.values())[-_COLUMNS:]:
@@ -322,7 +337,15 @@ class TrafficPage(QtWidgets.QWidget):
             frame, self._pending = self._pending, None
             self._draw(frame)
 
-    def _draw(self, frame: TrafficFrame) -> None:
+    def _on_feed_frame(self, frame: TrafficFrame) -> None:
+        if not self.isVisible() and self.frame is not None:
+            self._pending = frame
+            return
+        self._draw(frame, staged=True)
+
+    def _draw(self, frame: TrafficFrame, *, staged: bool = False) -> None:
+        """Draw every chart now, or (``staged``, from the live feed) one chart per event-loop turn."""
+        started = time.perf_counter()
         self.frame = frame
         key = frame.state.query_key()
         if key != self._query_key:
@@ -331,7 +354,6 @@ class TrafficPage(QtWidgets.QWidget):
                 chart.reset_range()
             self.follow = True
         self._set_rate_unit(frame.rate_unit)
-        t = frame.t
         data = self.series_of(frame)
         lines: list[tuple[float, str, str]] = []
         colors = current_colors()
@@ -345,13 +367,41 @@ class TrafficPage(QtWidgets.QWidget):
             (a.value, a.item.label.toPlainText()) for a in spend.annotations
         ]:
             spend.set_annotations(lines)
-        for chart in self.charts.values():
-            chart.set_data(t, data[chart.key], extra_peak=chart.annotation_peak)
-        if self.follow and len(t):
-            self._show_all(t, frame.step_s)
-        self.crosshair.refresh()
         self.empty.setVisible(frame.is_empty())
         self._show_context(frame.state, frame)
+        self._staged = (frame, data)
+        self._stage = list(self.charts.values())
+        self._frame_cost = time.perf_counter() - started
+        if staged:
+            self._stage_timer.start()
+            self._draw_next()
+        else:
+            self._stage_timer.stop()
+            while self._stage:
+                self._draw_next()
+
+    def _draw_next(self) -> None:
+        if not self._stage or self._staged is None:
+            self._stage_timer.stop()
+            return
+        started = time.perf_counter()
+        frame, data = self._staged
+        chart = self._stage.pop(0)
+        t = frame.t
+        chart.set_data(t, data[chart.key], extra_peak=chart.annotation_peak)
+        if self.follow and len(t):
+            chart.plot.getViewBox().setXRange(float(t[0]), float(t[-1]) + frame.step_s, padding=0.0)
+        if self.crosshair.x is None:
+            chart.show_readout(None)
+        if not self._stage:
+            self._stage_timer.stop()
+            if self.crosshair.x is not None:
+                self.crosshair.refresh()
+        cost = time.perf_counter() - started
+        self.step_times.append(cost)
+        self._frame_cost += cost
+        if not self._stage:
+            self.draw_times.append(self._frame_cost)
 
     @staticmethod
     def series_of(frame: TrafficFrame) -> dict[str, dict[str, F64]]:
@@ -371,11 +421,18 @@ class TrafficPage(QtWidgets.QWidget):
         }
 
     def _show_all(self, t: F64, step_s: int) -> None:
-        vb = self.charts[CHART_KEYS[0]].plot.getViewBox()
-        vb.setXRange(float(t[0]), float(t[-1]) + step_s, padding=0.0)
+        self._set_x(float(t[0]), float(t[-1]) + step_s)
 
-    def _on_manual_zoom(self, *_args: object) -> None:
+    def _set_x(self, x0: float, x1: float) -> None:
+        for chart in self.charts.values():
+            chart.plot.getViewBox().setXRange(x0, x1, padding=0.0)
+
+    def _on_manual_zoom(self, source: TimeChart | None = None) -> None:
+        """A drag-zoom on one chart: every chart shows the same time, and stops following live."""
         self.follow = False
+        if source is not None:
+            (x0, x1), _ = source.plot.getViewBox().viewRange()
+            self._set_x(float(x0), float(x1))
         if self.frame is not None:
             self._show_context(self.frame.state, self.frame)
 
