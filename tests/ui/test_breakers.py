@@ -182,3 +182,37 @@ def test_page_with_no_targets_says_what_to_do(tmp_path: Path, qtbot: object) -> 
         assert page.stack.currentWidget() is page.empty
         assert "config apply" in page.empty.label.text()
         page.timer.stop()
+
+
+@pytest.mark.gui
+def test_switch_force_open_then_back_to_auto(store: Store, qtbot: object) -> None:
+    from app.ui.pages.breakers import SwitchDialog, describe_switch
+    from storage.queries.control import get_breaker_override, list_audit
+
+    page = BreakersPage()
+    qtbot.addWidget(page)  # type: ignore[attr-defined]
+    page.show()
+    page.attach_store(store, run_now)
+    row = next(r for r in range(page.model.rowCount()) if page.model.row_at(r).target == "fast")
+    page.table.selectRow(row)
+    assert page.switch_buttons["force_open"].isEnabled()
+    assert not page.switch_buttons["auto"].isEnabled()  # already auto
+    # The dialog says what will happen and will not go without a reason.
+    dialog = SwitchDialog("fast", "force_open", page)
+    qtbot.addWidget(dialog)  # type: ignore[attr-defined]
+    assert "fall back" in describe_switch("fast", "force_open")
+    assert not dialog.ok.isEnabled()
+    dialog.reason.setText("upstream incident")
+    assert dialog.ok.isEnabled() and dialog.expires_in_s() == 3600.0
+    page.switch("fast", "force_open", "upstream incident", 3600.0)
+    override = get_breaker_override(store.engine, "fast")
+    assert override is not None and override.state == "force_open" and override.reason == "upstream incident"
+    fast = next(r for r in page.board.rows if r.target == "fast")  # type: ignore[union-attr]
+    assert fast.state == "open" and fast.forced is not None
+    assert "done" in page.switch_result.text()
+    page.table.selectRow(row)
+    assert page.switch_buttons["auto"].isEnabled() and not page.switch_buttons["force_open"].isEnabled()
+    page.switch("fast", "auto", "incident over")
+    assert get_breaker_override(store.engine, "fast") is None
+    assert [e.action for e in list_audit(store.engine, object_type="breaker")][:2] == ["auto", "force_open"]
+    page.timer.stop()

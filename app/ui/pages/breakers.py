@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
 from app.ui.qt import Qt, QtCore, QtGui, QTimer, QtWidgets, Signal
 from app.ui.theme import Colors, current_colors
+from storage.queries.control import set_breaker_override
 
 #: How often the page reads the breakers again while it is shown.
 REFRESH_MS = 2000
@@ -231,6 +233,72 @@ class Timeline(QtWidgets.QWidget):
         return [tip for _, tip in self._ticks]
 
 
+#: Expiry choices of the switch dialog (seconds; None: until set back to auto).
+EXPIRIES: tuple[tuple[str, float | None], ...] = (
+    ("in 15 minutes", 900.0),
+    ("in 1 hour", 3600.0),
+    ("in 4 hours", 4 * 3600.0),
+    ("in 24 hours", 86400.0),
+    ("never (until set back to auto)", None),
+)
+
+_SWITCH_VERBS = {"force_open": "Force open", "force_closed": "Force closed", "auto": "Back to auto"}
+
+
+def describe_switch(target: str, mode: str) -> str:
+    """What the switch will do, said before it does it (ui.md "Acting safely")."""
+    if mode == "force_open":
+        return (
+            f"Force the breaker of {target} open: no request goes to {target}; routes that list it "
+            "fall back to their next target (or fail fast when it was the last)."
+        )
+    if mode == "force_closed":
+        return (
+            f"Force the breaker of {target} closed: requests go to {target} whatever its failure rate "
+            "(a force open still wins)."
+        )
+    return f"Give the breaker of {target} back to auto: its own counts decide again."
+
+
+class SwitchDialog(QtWidgets.QDialog):
+    """Asks for the reason and the expiry of a breaker switch, after saying what it will do."""
+
+    def __init__(self, target: str, mode: str, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"{_SWITCH_VERBS[mode]} — {target}")
+        layout = QtWidgets.QVBoxLayout(self)
+        what = QtWidgets.QLabel(describe_switch(target, mode))
+        what.setWordWrap(True)
+        layout.addWidget(what)
+        form = QtWidgets.QFormLayout()
+        self.reason = QtWidgets.QLineEdit()
+        self.reason.setPlaceholderText("why (shown on hover and in the audit log)")
+        form.addRow("Reason", self.reason)
+        self.expiry = QtWidgets.QComboBox()
+        for label, seconds in EXPIRIES:
+            self.expiry.addItem(label, seconds)
+        self.expiry.setCurrentIndex(1)
+        if mode != "auto":
+            form.addRow("Back to auto", self.expiry)
+        layout.addLayout(form)
+        buttons = QtWidgets.QDialogButtonBox(
+            QtWidgets.QDialogButtonBox.StandardButton.Ok | QtWidgets.QDialogButtonBox.StandardButton.Cancel
+        )
+        self.ok = buttons.button(QtWidgets.QDialogButtonBox.StandardButton.Ok)
+        self.ok.setText(_SWITCH_VERBS[mode])
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        # A forced state needs a reason: the next operator must know why.
+        if mode != "auto":
+            self.ok.setEnabled(False)
+            self.reason.textChanged.connect(lambda t: self.ok.setEnabled(bool(t.strip())))
+
+    def expires_in_s(self) -> float | None:
+        value = self.expiry.currentData()
+        return float(value) if value is not None else None
+
+
 class BreakersPage(QtWidgets.QWidget):
     """Targets with their breaker state above; the timeline and the list of transitions below."""
 
@@ -256,6 +324,18 @@ class BreakersPage(QtWidgets.QWidget):
         self.source_label = QtWidgets.QLabel("", objectName="muted")
         self.source_label.setWordWrap(True)
         layout.addWidget(self.source_label)
+        actions = QtWidgets.QHBoxLayout()
+        self.switch_buttons: dict[str, QtWidgets.QPushButton] = {}
+        for mode, verb in _SWITCH_VERBS.items():
+            button = QtWidgets.QPushButton(f"{verb}…")
+            button.setEnabled(False)
+            button.setToolTip(f"{verb} the selected target's breaker (asks for a reason first)")
+            button.clicked.connect(lambda _c=False, m=mode: self.ask_switch(m))
+            self.switch_buttons[mode] = button
+            actions.addWidget(button)
+        self.switch_result = QtWidgets.QLabel("", objectName="muted")
+        actions.addWidget(self.switch_result, 1)
+        layout.addLayout(actions)
 
         self.model = BreakersModel(parent=self)
         self.table = QtWidgets.QTableView()
@@ -279,6 +359,7 @@ class BreakersPage(QtWidgets.QWidget):
         for col in range(COL_FORCED + 1, COL_CAUSE):
             self.table.setColumnWidth(col, metrics.horizontalAdvance(HEADERS[col]) + 28)
 
+        self.table.selectionModel().selectionChanged.connect(self._sync_switch_buttons)
         self.empty = EmptyState(spec.next_step)
         self.stack = QtWidgets.QStackedWidget()
         self.stack.addWidget(self.table)
@@ -361,6 +442,7 @@ class BreakersPage(QtWidgets.QWidget):
         self.board = board
         self.error = ""
         self.model.set_board(board.rows)
+        self._sync_switch_buttons()
         self.transitions.set_transitions(board.transitions)
         self.timeline.set_board(board)
         self.stack.setCurrentWidget(self.table if board.rows else self.empty)
@@ -393,6 +475,47 @@ class BreakersPage(QtWidgets.QWidget):
         self.timeline_title.setText(
             f"Timeline — last {span}, {len(board.transitions)} transitions (hover a tick for its cause)"
         )
+
+    # -- the operator's switch --------------------------------------------------------------
+    def selected_target(self) -> str | None:
+        rows = self.table.selectionModel().selectedRows()
+        return self.model.row_at(rows[0].row()).target if rows else None
+
+    def _sync_switch_buttons(self, *_args: object) -> None:
+        target = self.selected_target()
+        row = next((r for r in (self.board.rows if self.board else []) if r.target == target), None)
+        for mode, button in self.switch_buttons.items():
+            current = row.forced.state if row is not None and row.forced is not None else "auto"
+            button.setEnabled(row is not None and mode != current)
+
+    def ask_switch(self, mode: str) -> None:
+        target = self.selected_target()
+        if target is None:
+            return
+        dialog = SwitchDialog(target, mode, self)
+        if dialog.exec() == QtWidgets.QDialog.DialogCode.Accepted:
+            self.switch(target, mode, dialog.reason.text().strip(), dialog.expires_in_s())
+
+    def switch(self, target: str, mode: str, reason: str, expires_in_s: float | None = None) -> None:
+        """Write the override (audited; every gateway picks it up from the store), then read the board again."""
+        store = self._store_getter()
+        if self._runner is None or store is None:
+            return
+        engine = store.engine
+        actor = getpass.getuser()
+
+        def work() -> Any:
+            expires = time.time() + expires_in_s if expires_in_s is not None and mode != "auto" else None
+            return set_breaker_override(engine, target, mode, actor=actor, reason=reason, expires_at=expires)  # type: ignore[arg-type]
+
+        def done(_override: Any) -> None:
+            self.switch_result.setText(f"{_SWITCH_VERBS[mode]}: {target} — done at {fmt_local(time.time())}.")
+            self.refresh()
+
+        def failed(exc: BaseException) -> None:
+            self.switch_result.setText(f"{_SWITCH_VERBS[mode]} {target} failed: {exc}")
+
+        self._runner(work, done, failed)
 
     def _on_error(self, exc: BaseException) -> None:
         self._busy = False
