@@ -1469,12 +1469,17 @@ class Gateway:
         if partial is None:
             return
         usage = partial.usage
+        text = partial.text + "".join(c.arguments for c in partial.tool_calls)
         if usage is not None and (usage.output_tokens or usage.input_tokens):
             inp, out = usage.input_tokens, usage.output_tokens
             cr, cw = usage.cache_read_tokens, usage.cache_write_tokens
+            # Usage reported early (Anthropic's message_start) lags the text that followed it.
+            counted = count_text(text, target.model).tokens if text else 0
+            if counted > out:
+                out = counted
+                run.billed_estimated = True
         elif partial.produced_output:
             inp = run.input_tokens
-            text = partial.text + "".join(c.arguments for c in partial.tool_calls)
             out = count_text(text, target.model).tokens if text else 0
             cr = cw = 0
             run.billed_estimated = True
@@ -1539,7 +1544,9 @@ class Gateway:
             breaker_state=run.breaker_state,
         )
         cost: float | None = None
-        source = CostSource.PROVIDER
+        # "provider": the tokens priced are the provider's own usage; "estimated": we counted them
+        # (or nothing was billed: a cache hit, a failure that produced nothing).
+        source = CostSource.ESTIMATED
         if cached is not None:
             ev.cache_hit = CacheHit.EXACT
             ev.provider, ev.model = cached.provider, cached.model
@@ -1554,6 +1561,7 @@ class Gateway:
             ev.response_model = result.response_model
             ev.status_code = result.status_code or 200
             usage = result.usage
+            source = CostSource.PROVIDER
             if usage is None:
                 text = result.text + "".join(c.arguments for c in result.tool_calls)
                 usage = Usage(
@@ -1585,10 +1593,8 @@ class Gateway:
                 ev.response_model = "fallback"
             ev.input_tokens = run.billed_in
             ev.output_tokens = run.billed_out
-            if partial is not None and partial.usage is not None and not run.billed_estimated:
-                source = CostSource.PROVIDER
-            elif run.billed_in or run.billed_out:
-                source = CostSource.ESTIMATED
+            if (run.billed_in or run.billed_out) and not run.billed_estimated:
+                source = CostSource.PROVIDER  # a broken stream whose usage had arrived
             # A failure that produced nothing cost nothing: a known zero, not an unknown.
             cost = None if run.billed_unknown else run.billed_cost
         ev.cost_usd = cost
