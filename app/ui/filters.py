@@ -121,7 +121,7 @@ class DimensionCombo(QtWidgets.QComboBox):
         super().__init__(parent, objectName=f"filter-{dim}")
         self.dim = dim
         self.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(11)
+        self.setMinimumContentsLength(9)
         self.view().setMinimumWidth(220)
         self.setAccessibleName(f"Filter by {dim}")
         self.currentIndexChanged.connect(self._on_index)
@@ -191,7 +191,11 @@ class FilterBar(QtWidgets.QFrame):
         layout.addWidget(sep)
         self.range_combo = QtWidgets.QComboBox(objectName="filter-range")
         self.range_combo.setAccessibleName("Time range")
-        self.range_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.range_combo.setSizeAdjustPolicy(
+            QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
+        widest = max(self.range_combo.fontMetrics().horizontalAdvance(r.label) for r in RANGES)
+        self.range_combo.setMinimumWidth(widest + 36)  # the text, the arrow and the frame
         self.range_combo.setToolTip(
             "Live: the last 5 or 15 minutes at 1-second steps (15 minutes are kept in memory).\n"
             "Longer ranges come from the store's rollups at 1-minute steps or coarser."

@@ -206,11 +206,20 @@ def _slice_series(s: LiveSeries, w: slice) -> LiveSeries:
 
 def history_frame(engine: Any, state: FilterState, *, now: float | None = None) -> TrafficFrame:
     """The range in ``state`` from the store's rollups (blocking: call it off the GUI thread)."""
-    from storage.queries.series import query_series
+    from storage.queries.series import plan_series, query_series
 
     now = time.time() if now is None else now
+    # Whole buckets only: a bucket still filling would always dip at the right edge.
+    step = plan_series(now - state.seconds, now, now=now).step
+    until = math.floor(now / step) * step
     res = query_series(
-        engine, now - state.seconds, now, HISTORY_METRICS, filters=state.series_filter(), now=now
+        engine,
+        until - state.seconds,
+        until,
+        HISTORY_METRICS,
+        filters=state.series_filter(),
+        step=step,
+        now=now,
     )
     series = res.total() or res.series[0]
     v = series.values

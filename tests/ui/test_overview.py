@@ -112,10 +112,22 @@ def test_feed_updates_the_overview_and_a_tile_opens_its_chart(qtbot: object, win
     assert isinstance(page, OverviewPage)
     qtbot.waitUntil(lambda: page.tiles["requests_per_s"].value.text() != "—", timeout=5000)  # type: ignore[attr-defined]
     assert page.tiles["error_rate"].value.text().endswith("%")
+    window.resize(960, 600)  # the smallest window: the Traffic charts need scrolling
     qtbot.mouseClick(page.tiles["cache_hit_rate"], Qt.MouseButton.LeftButton)  # type: ignore[attr-defined]
     assert window.current_page == "traffic"
     traffic = window.pages["traffic"]
     assert isinstance(traffic, TrafficPage)
     assert traffic.focused_chart == "cache"
-    # The cache chart is scrolled into view.
-    qtbot.waitUntil(lambda: traffic.scroll.verticalScrollBar().value() > 0, timeout=3000)  # type: ignore[attr-defined]
+
+    # The cache chart (bottom row) is scrolled into view.
+    def cache_chart_visible() -> bool:
+        plot = traffic.charts["cache"].plot
+        rect = traffic.graphics.mapFromScene(plot.sceneBoundingRect()).boundingRect()
+        top = traffic.scroll.verticalScrollBar().value()
+        return (
+            top > 0
+            and rect.top() >= top - 1
+            and rect.bottom() <= top + traffic.scroll.viewport().height() + 1
+        )
+
+    qtbot.waitUntil(cache_chart_visible, timeout=3000)  # type: ignore[attr-defined]

@@ -44,7 +44,7 @@ TILE_CHART: dict[str, str] = {
 
 CHART_KEYS: tuple[str, ...] = ("requests", "latency", "ttft", "failures", "cost", "spend", "tokens", "cache")
 _COLUMNS = 2
-_MIN_PLOT_HEIGHT = 150
+_MIN_PLOT_HEIGHT = 105
 #: Milliseconds between drawing one chart and the next when the live feed refreshes.
 STAGE_MS = 4
 
