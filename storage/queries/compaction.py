@@ -93,7 +93,7 @@ class RetentionPolicy:
     events_days: float | None = 30
     minute_days: float | None = 35
     tier_days: Mapping[int, float | None] = field(
-        default_factory=lambda: {60: 7, BLOCK: 35, HOUR: 400, DAY: None}
+        default_factory=lambda: {60: 3, BLOCK: 35, HOUR: 400, DAY: None}
     )
     outlier_days: float | None = 35
 

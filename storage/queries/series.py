@@ -399,22 +399,25 @@ def _fetch(
     filters: SeriesFilter,
     group_by: str | None,
     sketches: bool,
+    stored_only_grain: int | None = None,
 ) -> _Fetched:
+    """The rows behind a query.  ``stored_only_grain``: rows of that tier grain are each alone in their
+    point and only their stored percentiles are needed, so their sketches are not read at all."""
     table = ROLLUP_USER if user_family else ROLLUP_TIER
     dims = USER_DIMS if user_family else DIMS
     parts: list[_Fetched] = []
-    cols: list[Any] = [table.c.grain, table.c.bucket, table.c[group_by] if group_by else table.c.grain]
-    cols += [table.c[m] for m in MEASURES]
-    if sketches:
-        cols += [table.c.latency_sketch, table.c.ttft_sketch]
-        if not user_family:
-            cols += [table.c[f"{m}_p{q}"] for m in ("latency", "ttft") for q in (50, 95, 99)]
+    base: list[Any] = [table.c.grain, table.c.bucket, table.c[group_by] if group_by else table.c.grain]
+    base += [table.c[m] for m in MEASURES]
+    blobs = [table.c.latency_sketch, table.c.ttft_sketch]
+    stored = [] if user_family else [table.c[f"{m}_p{q}"] for m in ("latency", "ttft") for q in (50, 95, 99)]
     where = _dims_where(table, dims, filters, group_by, cube=not user_family)
     for grain, spans in cov.tiers.items():
+        with_blobs = sketches and grain != stored_only_grain
+        cols = base + (blobs if with_blobs else []) + (stored if sketches else [])
         for chunk in _chunks(spans, 200):
             ranges = or_(*[and_(table.c.bucket >= x, table.c.bucket < y) for x, y in chunk])
             rows = conn.execute(select(*cols).where(table.c.grain == grain, ranges, *where)).all()
-            parts.append(_from_tier_rows(rows, group_by, sketches, stored=sketches and not user_family))
+            parts.append(_from_tier_rows(rows, group_by, blobs=with_blobs, stored=sketches and bool(stored)))
     if cov.raw:
         if user_family:
             batch = read_user_cells(conn, cov.raw, _event_where(filters))
@@ -443,20 +446,21 @@ def _chunks(spans: list[tuple[float, float]], n: int) -> Iterable[list[tuple[flo
         yield spans[i : i + n]
 
 
-def _from_tier_rows(rows: Sequence[Any], group_by: str | None, sketches: bool, *, stored: bool) -> _Fetched:
+def _from_tier_rows(rows: Sequence[Any], group_by: str | None, *, blobs: bool, stored: bool) -> _Fetched:
     n = len(rows)
     if not n:
         return _empty_fetched()
     cols = list(zip(*rows, strict=True))
     m0 = 3
     measures = np.array(cols[m0 : m0 + len(MEASURES)], dtype=np.float64).T.reshape(n, len(MEASURES))
-    s0 = m0 + len(MEASURES)
-    sk: tuple[list[bytes | None], list[bytes | None]] = (
-        (list(cols[s0]), list(cols[s0 + 1])) if sketches else ([None] * n, [None] * n)
-    )
+    p0 = m0 + len(MEASURES)
+    sk: tuple[list[bytes | None], list[bytes | None]] = ([None] * n, [None] * n)
+    if blobs:
+        sk = (list(cols[p0]), list(cols[p0 + 1]))
+        p0 += 2
     if stored:
         st = np.array(
-            [[np.nan if v is None else v for v in cols[s0 + 2 + k]] for k in range(6)], dtype=np.float64
+            [[np.nan if v is None else v for v in cols[p0 + k]] for k in range(6)], dtype=np.float64
         ).T.reshape(n, 6)
     else:
         st = np.full((n, 6), np.nan)
@@ -646,6 +650,17 @@ def query_series(
         blocks, days = _dirty(conn, plan.start, plan.end, horizon)
         usable = [g for g in TIER_GRAINS if _within(policy.tier_horizon(g, now), plan.start)] or [DAY]
         cov = cover(plan.start, plan.end, plan.grain, dirty=blocks, pending_days=days, usable=usable)
+        # One tier row per point (the step is the grain, one value per filtered dimension) and only
+        # stored percentiles asked: those rows' sketches need not be read at all.
+        single = all(len(v) == 1 for d, v in filters.items() if d != group_by)
+        stored_only = (
+            plan.grain
+            if not user_family
+            and plan.step == plan.grain
+            and single
+            and all(m.q in _STORED_PERCENTILES for m in parsed if m.kind == "quantile")
+            else None
+        )
         fetched = _fetch(
             conn,
             cov,
@@ -653,6 +668,7 @@ def query_series(
             filters=query_filters,
             group_by=group_by,
             sketches=needs_sketches,
+            stored_only_grain=stored_only,
         )
     labels = keys if keys is not None else [""]
     index = {k: i for i, k in enumerate(labels)}

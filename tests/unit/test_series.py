@@ -455,7 +455,7 @@ def test_plans_keep_charts_under_the_point_and_row_budgets(window: int, step: in
 
 
 def test_plans_use_only_tiers_kept_that_long() -> None:
-    # 24 hours that ended 10 days ago: the 1-minute tier is kept 7 days, so 5-minute steps.
+    # 24 hours that ended 10 days ago: the 1-minute tier is kept 3 days, so 5-minute steps.
     plan = plan_series(NOW - 11 * DAY, NOW - 10 * DAY, now=NOW)
     assert plan.grain == 300
     old = plan_series(NOW - 500 * DAY, NOW - 499 * DAY, now=NOW)
