@@ -19,6 +19,14 @@ Cost model, measured in ``tests/bench/test_bench_sketch.py``:
   recomputes only the seconds that changed since the last call, so a timer
   that asks 20 times a second pays for the current second, not for 900.
 
+Users are many (thousands), so they are not a dimension of the per-second
+cells: 15 minutes x users x cells would not fit in memory at 20,000 events/s.
+A filter on ``user`` is answered instead from a ring of the most recent
+events that name a user (``user_rows`` of them, about 40 bytes each, exact
+percentiles); when the ring holds less than the window, the seconds before
+its oldest complete second are ``nan`` (not known) and
+:attr:`LiveSeries.complete_from` says where knowledge starts.
+
 Events are placed by ``ts_end`` (when they finished): the rightmost second
 then counts what completed in it, the way request-rate dashboards read.
 Events older than the window, or more than a few seconds in the future, are
@@ -41,6 +49,8 @@ from app.core.event import CacheHit, Event, Failure
 from app.core.sketch import LatencySketch
 
 WINDOW_S = 900
+#: Recent events that name a user kept for user filters (about 40 bytes each).
+DEFAULT_USER_ROWS = 500_000
 # Seconds after which a second's raw values are compacted into bins (late events still land).
 _COMPACT_AFTER_S = 2
 # Seconds ahead of the clock an event may be and still be shown (clock skew between hosts).
@@ -90,7 +100,7 @@ _C_LAT_BINS = _C_TTFT + 1  # (keys, counts) or None
 _C_TTFT_BINS = _C_LAT_BINS + 1
 _C_SIZE = _C_TTFT_BINS + 1
 
-CellKey = tuple[str, str, str, str, str]  # provider, model, route, feature, user
+CellKey = tuple[str, str, str, str]  # provider, model, route, feature
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,17 +114,22 @@ class LiveFilter:
     user: str | None = None
 
     def matches(self, key: CellKey) -> bool:
+        """Whether a cell (provider, model, route, feature) matches; ``user`` is checked elsewhere."""
         return (
             (self.provider is None or self.provider == key[0])
             and (self.model is None or self.model == key[1])
             and (self.route is None or self.route == key[2])
             and (self.feature is None or self.feature == key[3])
-            and (self.user is None or self.user == key[4])
         )
 
     @property
     def is_all(self) -> bool:
         return all(getattr(self, d) is None for d in DIMENSIONS)
+
+    @property
+    def cell_filter(self) -> LiveFilter:
+        """This filter without its user."""
+        return LiveFilter(self.provider, self.model, self.route, self.feature)
 
 
 ALL = LiveFilter()
@@ -141,6 +156,9 @@ class LiveSeries:
     latency_ms: dict[float, FloatArray]  # quantile -> values
     ttft_ms: dict[float, FloatArray]
     extra: dict[str, FloatArray] = field(default_factory=dict)
+    #: The first second whose figures are complete (``-inf``: all of them).  Only a ``user``
+    #: filter, answered from the bounded ring of recent events, can start later.
+    complete_from: float = -math.inf
 
     @property
     def errors(self) -> FloatArray:
@@ -196,9 +214,18 @@ class LiveAggregator:
     QTimer slot) asks for series.
     """
 
-    def __init__(self, window_s: int = WINDOW_S, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        window_s: int = WINDOW_S,
+        *,
+        clock: Callable[[], float] = time.time,
+        user_rows: int = DEFAULT_USER_ROWS,
+    ) -> None:
         if window_s <= 0:
             raise ValueError("window_s must be positive")
+        if user_rows <= 0:
+            raise ValueError("user_rows must be positive")
+        self._users = _UserRing(user_rows)
         self.window_s = window_s
         self.clock = clock
         self._slots = [_Slot() for _ in range(window_s)]
@@ -221,6 +248,8 @@ class LiveAggregator:
         no_cache = CacheHit.NONE
         isfinite = math.isfinite
         added = skipped = 0
+        user_rows: list[tuple[Any, ...]] = []
+        urow = user_rows.append
         with self._lock:
             for e in events:
                 sec = int(e.ts_end)
@@ -238,7 +267,7 @@ class LiveAggregator:
                 slot.raw = True
                 if sec <= self._compacted_to:
                     self._late = True
-                key = (e.provider, e.model, e.route or "", e.feature or "", e.user or "")
+                key = (e.provider, e.model, e.route or "", e.feature or "")
                 cell = slot.cells.get(key)
                 if cell is None:
                     cell = [0] * _C_LAT + [[], [], None, None]
@@ -260,9 +289,14 @@ class LiveAggregator:
                 ttft = e.ttft_ms
                 if ttft is not None and ttft >= 0 and isfinite(ttft):
                     cell[_C_TTFT].append(ttft)
+                if e.user:
+                    urow((sec, e.user, key, e.failure, lat, ttft, e.input_tokens, e.output_tokens, cost,
+                          e.cache_hit is not no_cache))  # fmt: skip
                 added += 1
             self.added += added
             self.skipped += skipped
+            if user_rows:
+                self._users.append(user_rows)
             self._compact(int(now) - _COMPACT_AFTER_S)
         return added
 
@@ -287,6 +321,7 @@ class LiveAggregator:
         with self._lock:
             self._slots = [_Slot() for _ in range(self.window_s)]
             self._cache.clear()
+            self._users = _UserRing(self._users.capacity)
 
     # -- reading --------------------------------------------------------------------------
     def series(
@@ -297,6 +332,10 @@ class LiveAggregator:
         now = self.clock() if now is None else now
         end = int(now)
         secs = np.arange(end - n + 1, end + 1, dtype=np.int64)
+        if flt.user is not None:
+            with self._lock:
+                out, complete_from = self._users.figures(flt, secs)
+            return _series(secs, out, complete_from)
         idx = secs % self.window_s
         with self._lock:
             cache = self._cache.get(flt)
@@ -316,20 +355,7 @@ class LiveAggregator:
                     cache.values[i] = _figures(slot, flt)
                     cache.versions[i] = slot.version
                 out[row] = cache.values[i]
-        return LiveSeries(
-            t=secs.astype(np.float64),
-            requests=out[:, _V_N].copy(),
-            failures={
-                f: out[:, _V_FAIL + k].copy() for k, f in enumerate(_FAILURES) if f is not Failure.NONE
-            },
-            input_tokens=out[:, _V_IN].copy(),
-            output_tokens=out[:, _V_OUT].copy(),
-            cost_usd=out[:, _V_COST].copy(),
-            cost_unknown=out[:, _V_COST_UNKNOWN].copy(),
-            cache_hits=out[:, _V_CACHE].copy(),
-            latency_ms={q: out[:, _V_LAT + k].copy() for k, q in enumerate(QUANTILES)},
-            ttft_ms={q: out[:, _V_TTFT + k].copy() for k, q in enumerate(QUANTILES)},
-        )
+        return _series(secs, out, -math.inf)
 
     def percentiles(
         self, flt: LiveFilter = ALL, *, seconds: int = 60, now: float | None = None, ttft: bool = False
@@ -339,6 +365,13 @@ class LiveAggregator:
         end = int(now)
         keys: list[IntArray] = []
         counts: list[IntArray] = []
+        if flt.user is not None:
+            first = end - min(seconds, self.window_s) + 1
+            with self._lock:
+                values = self._users.values(flt, first, end, ttft=ttft)
+            if not len(values):
+                return dict.fromkeys(QUANTILES, math.nan)
+            return dict(zip(QUANTILES, _exact_quantiles(np.sort(values)), strict=True))
         with self._lock:
             for sec in range(end - min(seconds, self.window_s) + 1, end + 1):
                 slot = self._slots[sec % self.window_s]
@@ -357,6 +390,8 @@ class LiveAggregator:
         oldest = int(self.clock()) - self.window_s + 1
         found: set[str] = set()
         with self._lock:
+            if dimension == "user":
+                return self._users.users_since(oldest)
             for slot in self._slots:
                 if slot.second >= oldest:
                     found.update(key[k] for key in slot.cells)
@@ -364,45 +399,219 @@ class LiveAggregator:
         return sorted(found)
 
 
+def _series(secs: IntArray, out: FloatArray, complete_from: float) -> LiveSeries:
+    return LiveSeries(
+        t=secs.astype(np.float64),
+        requests=out[:, _V_N].copy(),
+        failures={f: out[:, _V_FAIL + k].copy() for k, f in enumerate(_FAILURES) if f is not Failure.NONE},
+        input_tokens=out[:, _V_IN].copy(),
+        output_tokens=out[:, _V_OUT].copy(),
+        cost_usd=out[:, _V_COST].copy(),
+        cost_unknown=out[:, _V_COST_UNKNOWN].copy(),
+        cache_hits=out[:, _V_CACHE].copy(),
+        latency_ms={q: out[:, _V_LAT + k].copy() for k, q in enumerate(QUANTILES)},
+        ttft_ms={q: out[:, _V_TTFT + k].copy() for k, q in enumerate(QUANTILES)},
+        complete_from=complete_from,
+    )
+
+
+def _exact_quantiles(sorted_values: FloatArray) -> list[float]:
+    """Quantiles of sorted values, ranked like DDSketch (rank q * (n - 1), rounded down)."""
+    n = len(sorted_values)
+    return [float(sorted_values[int(q * (n - 1))]) for q in QUANTILES]
+
+
+class _UserRing:
+    """The most recent events that name a user, as columns of a fixed-size ring (about 40 B a row).
+
+    Users and cells are interned to small integers; the intern tables are
+    rebuilt from what the ring still holds when they grow past a few times
+    its size, so a long run with ever-new users stays bounded.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.sec = np.full(capacity, np.iinfo(np.int64).min, dtype=np.int64)
+        self.user = np.zeros(capacity, dtype=np.int32)
+        self.cell = np.zeros(capacity, dtype=np.int32)
+        self.failure = np.zeros(capacity, dtype=np.int8)
+        self.lat = np.zeros(capacity, dtype=np.float32)
+        self.ttft = np.zeros(capacity, dtype=np.float32)
+        self.tok_in = np.zeros(capacity, dtype=np.int64)
+        self.tok_out = np.zeros(capacity, dtype=np.int64)
+        self.cost = np.zeros(capacity, dtype=np.float64)
+        self.cache = np.zeros(capacity, dtype=np.int8)
+        self.size = 0  # rows written so far (the ring is full once size >= capacity)
+        self.users: dict[str, int] = {}
+        self.cells: dict[CellKey, int] = {}
+
+    def append(self, rows: list[tuple[Any, ...]]) -> None:
+        if len(rows) > self.capacity:
+            rows = rows[-self.capacity :]
+        if len(self.users) > 4 * self.capacity:
+            self._reintern()
+        users, cells = self.users, self.cells
+        secs, uids, cids, fails, lats, ttfts, ins, outs, costs, caches = zip(*rows, strict=True)
+        uid = [users.setdefault(u, len(users)) for u in uids]
+        cid = [cells.setdefault(c, len(cells)) for c in cids]
+        n = len(rows)
+        at = self.size % self.capacity
+        first = min(n, self.capacity - at)
+        for dst, src in (
+            (self.sec, secs), (self.user, uid), (self.cell, cid),
+            (self.failure, [_FAILURE_INDEX[f] for f in fails]),
+            (self.lat, [math.nan if v is None else v for v in lats]),
+            (self.ttft, [math.nan if v is None else v for v in ttfts]),
+            (self.tok_in, ins), (self.tok_out, outs),
+            (self.cost, [math.nan if v is None else v for v in costs]), (self.cache, caches),
+        ):  # fmt: skip
+            arr = np.asarray(src)
+            dst[at : at + first] = arr[:first]
+            if first < n:
+                dst[: n - first] = arr[first:]
+        self.size += n
+
+    def _reintern(self) -> None:
+        live = self.sec != np.iinfo(np.int64).min
+        keep = np.unique(self.user[live])
+        by_id = {i: u for u, i in self.users.items()}
+        remap = np.zeros(len(self.users), dtype=np.int32)
+        self.users = {}
+        for new, old in enumerate(keep.tolist()):
+            self.users[by_id[old]] = new
+            remap[old] = new
+        self.user[live] = remap[self.user[live]]
+
+    def _rows(self, flt: LiveFilter, first: int, last: int) -> npt.NDArray[np.bool_] | None:
+        uid = self.users.get(flt.user or "")
+        if uid is None:
+            return None
+        mask: npt.NDArray[np.bool_] = (self.user == uid) & (self.sec >= first) & (self.sec <= last)
+        cf = flt.cell_filter
+        if not cf.is_all:
+            ok = np.array([cf.matches(c) for c in self.cells], dtype=bool)
+            mask &= ok[self.cell]
+        return mask
+
+    def oldest_complete(self) -> float:
+        """The first second all of whose user events are still in the ring."""
+        if self.size <= self.capacity:
+            return -math.inf
+        return float(self.sec[self.size % self.capacity]) + 1  # that second lost its earlier rows
+
+    def figures(self, flt: LiveFilter, secs: IntArray) -> tuple[FloatArray, float]:
+        n = len(secs)
+        out = np.zeros((n, _V_WIDTH), dtype=np.float64)
+        out[:, _V_LAT:] = np.nan
+        complete_from = self.oldest_complete()
+        if complete_from > secs[0]:
+            out[secs < complete_from] = np.nan
+        mask = self._rows(flt, int(secs[0]), int(secs[-1]))
+        if mask is None or not mask.any():
+            return out, complete_from
+        pos = self.sec[mask] - secs[0]
+        fails = self.failure[mask]
+        out[:, _V_N] += np.bincount(pos, minlength=n)
+        for k in range(1, _N_FAILURES):
+            hit = fails == k
+            if hit.any():
+                out[:, _V_FAIL + k] += np.bincount(pos[hit], minlength=n)
+        out[:, _V_FAIL] += np.bincount(pos[fails == 0], minlength=n)
+        out[:, _V_IN] += np.bincount(pos, weights=self.tok_in[mask], minlength=n)
+        out[:, _V_OUT] += np.bincount(pos, weights=self.tok_out[mask], minlength=n)
+        cost = self.cost[mask]
+        unknown = np.isnan(cost)
+        out[:, _V_COST] += np.bincount(pos, weights=np.where(unknown, 0.0, cost), minlength=n)
+        out[:, _V_COST_UNKNOWN] += np.bincount(pos, weights=unknown, minlength=n)
+        out[:, _V_CACHE] += np.bincount(pos, weights=self.cache[mask], minlength=n)
+        for col, values in ((_V_LAT, self.lat[mask]), (_V_TTFT, self.ttft[mask])):
+            known = ~np.isnan(values)
+            v, p = values[known].astype(np.float64), pos[known]
+            order = np.lexsort((v, p))
+            v, p = v[order], p[order]
+            starts = np.searchsorted(p, np.arange(n), side="left")
+            ends = np.searchsorted(p, np.arange(n), side="right")
+            for row in np.nonzero(ends > starts)[0].tolist():
+                out[row, col : col + len(QUANTILES)] = _exact_quantiles(v[starts[row] : ends[row]])
+        if complete_from > secs[0]:
+            out[secs < complete_from] = np.nan
+        return out, complete_from
+
+    def values(self, flt: LiveFilter, first: int, last: int, *, ttft: bool) -> FloatArray:
+        mask = self._rows(flt, first, last)
+        if mask is None:
+            return np.zeros(0)
+        v = (self.ttft if ttft else self.lat)[mask].astype(np.float64)
+        return v[~np.isnan(v)]
+
+    def users_since(self, oldest: int) -> list[str]:
+        ids = set(np.unique(self.user[self.sec >= oldest]).tolist())
+        return sorted(u for u, i in self.users.items() if i in ids)
+
+
 def _figures(slot: _Slot, flt: LiveFilter) -> FloatArray:
     row = np.zeros(_V_WIDTH, dtype=np.float64)
-    sums = [0.0] * _V_LAT
-    lat_k: list[IntArray] = []
-    lat_c: list[IntArray] = []
-    ttft_k: list[IntArray] = []
-    ttft_c: list[IntArray] = []
-    match_all = flt.is_all
-    for key, cell in slot.cells.items():
-        if not match_all and not flt.matches(key):
-            continue
-        for k in range(_C_LAT):  # the counters share the layout of the row's first columns
-            sums[k] += cell[k]
-        _collect(cell, False, lat_k, lat_c)
-        _collect(cell, True, ttft_k, ttft_c)
-    row[:_V_LAT] = sums
-    row[_V_LAT:_V_TTFT] = _quantiles(lat_k, lat_c)
-    row[_V_TTFT:] = _quantiles(ttft_k, ttft_c)
+    cells = list(slot.cells.values()) if flt.is_all else [c for k, c in slot.cells.items() if flt.matches(k)]
+    if not cells:
+        row[_V_LAT:] = np.nan
+        return row
+    # The counters share the layout of the row's first columns; sum them column-wise in C.
+    row[:_V_LAT] = [sum(column) for column in zip(*(cell[:_C_LAT] for cell in cells), strict=True)]
+    for first, raw_col, bins_col in ((_V_LAT, _C_LAT, _C_LAT_BINS), (_V_TTFT, _C_TTFT, _C_TTFT_BINS)):
+        packed = [cell[bins_col] for cell in cells if cell[bins_col] is not None]
+        raw = [v for cell in cells for v in cell[raw_col]]
+        row[first : first + len(QUANTILES)] = _quantiles_of(packed, raw)
     return row
+
+
+def _quantiles_of(packed: list[npt.NDArray[np.int32]], raw: list[float]) -> list[float]:
+    """Quantiles of packed bins and raw values together (one conversion for all of them)."""
+    keys: list[IntArray] = []
+    counts: list[IntArray] = []
+    if packed:
+        ks = np.concatenate([b[: len(b) // 2] for b in packed])
+        cs = np.concatenate([b[len(b) // 2 :] for b in packed])
+        keys.append(_from_int32_keys(ks))
+        counts.append(cs.astype(np.int64))
+    if raw:
+        keys.append(bin_keys(np.asarray(raw, dtype=np.float64)))
+        counts.append(np.ones(len(raw), dtype=np.int64))
+    return _quantiles(keys, counts)
 
 
 def _collect(cell: list[Any], ttft: bool, keys: list[IntArray], counts: list[IntArray]) -> None:
     raw, bins = (cell[_C_TTFT], cell[_C_TTFT_BINS]) if ttft else (cell[_C_LAT], cell[_C_LAT_BINS])
     if bins is not None:
-        keys.append(bins[0])
-        counts.append(bins[1])
+        half = len(bins) // 2
+        keys.append(_from_int32_keys(bins[:half]))
+        counts.append(bins[half:].astype(np.int64))
     if raw:
         keys.append(bin_keys(np.asarray(raw, dtype=np.float64)))
         counts.append(np.ones(len(raw), dtype=np.int64))
 
 
-def _merge_bins(bins: tuple[IntArray, IntArray] | None, new_keys: IntArray) -> tuple[IntArray, IntArray]:
+def _merge_bins(bins: npt.NDArray[np.int32] | None, new_keys: IntArray) -> npt.NDArray[np.int32]:
+    """Add keys to packed bins: one int32 array, the sorted keys then their counts (one numpy
+    object per metric and cell-second: most of the live view's memory is per-object overhead)."""
     if bins is None:
         keys, counts = np.unique(new_keys, return_counts=True)
-        return keys, counts.astype(np.int64)
-    all_keys = np.concatenate((bins[0], new_keys))
-    weights = np.concatenate((bins[1], np.ones(len(new_keys), dtype=np.int64)))
-    keys, inverse = np.unique(all_keys, return_inverse=True)
-    return keys, np.bincount(inverse, weights=weights).astype(np.int64)
+    else:
+        half = len(bins) // 2
+        all_keys = np.concatenate((_from_int32_keys(bins[:half]), new_keys))
+        weights = np.concatenate((bins[half:], np.ones(len(new_keys), dtype=np.int32)))
+        keys, inverse = np.unique(all_keys, return_inverse=True)
+        counts = np.bincount(inverse, weights=weights)
+    return np.concatenate((_to_int32_keys(keys), counts.astype(np.int32)))
+
+
+def _from_int32_keys(packed: npt.NDArray[np.int32]) -> IntArray:
+    keys = packed.astype(np.int64)
+    return np.where(keys == np.iinfo(np.int32).min, _ZERO_KEY, keys)
+
+
+def _to_int32_keys(keys: IntArray) -> npt.NDArray[np.int32]:
+    # Latency keys are small (|key| < 3,000 for 1 ns .. 1 year); the zero key maps to int32's minimum.
+    return np.where(keys == _ZERO_KEY, np.iinfo(np.int32).min, keys).astype(np.int32)
 
 
 def _quantiles(keys: list[IntArray], counts: list[IntArray]) -> list[float]:

@@ -175,3 +175,45 @@ def test_add_and_series_from_two_threads() -> None:
         t.join()
     assert not errors
     assert live.series(ALL, seconds=60).requests.sum() == 10_000
+
+
+def test_a_user_filter_is_answered_exactly_from_the_ring_of_recent_events() -> None:
+    live = LiveAggregator(clock=Clock())
+    live.add(
+        [
+            ev(NOW - 1, user="ana", latency_ms=100.0, ttft_ms=10.0, input_tokens=3, cost_usd=0.5),
+            ev(NOW - 1, user="ana", latency_ms=300.0, failure=Failure.TIMEOUT, cost_usd=None),
+            ev(NOW - 1, user="ana", model="other", latency_ms=900.0, cache_hit=CacheHit.EXACT),
+            ev(NOW, user="bo", latency_ms=5.0),
+            ev(NOW, latency_ms=7.0),  # no user: in the cells only
+        ]
+    )
+    s = live.series(LiveFilter(user="ana"), seconds=3)
+    assert s.requests.tolist() == [0, 3, 0] and s.complete_from == -math.inf
+    assert s.failures[Failure.TIMEOUT].tolist() == [0, 1, 0]
+    assert s.input_tokens[1] == 3 and s.cost_usd[1] == 0.5 and s.cost_unknown[1] == 2 and s.cache_hits[1] == 1
+    assert s.latency_ms[0.5][1] == 300.0 and s.latency_ms[0.99][1] == 300.0  # exact, ranked like DDSketch
+    assert s.ttft_ms[0.5][1] == 10.0 and math.isnan(s.ttft_ms[0.5][0])
+    both = live.series(LiveFilter(user="ana", model="m1"), seconds=3)
+    assert both.requests.tolist() == [0, 2, 0]
+    assert live.series(LiveFilter(user="nobody"), seconds=3).requests.tolist() == [0, 0, 0]
+    assert live.percentiles(LiveFilter(user="ana"))[0.5] == 300.0
+    assert live.dimension_values("user") == ["ana", "bo"]
+    assert live.series(seconds=3).requests.tolist() == [0, 3, 2]
+
+
+def test_the_user_ring_is_bounded_and_says_what_it_no_longer_knows() -> None:
+    live = LiveAggregator(clock=Clock(), user_rows=100)
+    live.add([ev(NOW - 5, user=f"u{i}") for i in range(60)])
+    live.add([ev(NOW - 2, user="u1") for _ in range(60)])  # wraps: 20 rows of NOW - 5 remain
+    s = live.series(LiveFilter(user="u1"), seconds=6)
+    assert s.complete_from == NOW - 4
+    assert np.isnan(s.requests[0]) and s.requests[1:].tolist() == [0, 0, 60, 0, 0]
+    # Ever-new users do not grow the intern table without bound.
+    for k in range(10):
+        live.add([ev(NOW, user=f"new{k}-{i}") for i in range(100)])
+    assert len(live._users.users) <= 5 * 100
+    assert "new9-99" in live.dimension_values("user")
+    # The ring holds only part of the current second now: not known, rather than too low.
+    s = live.series(LiveFilter(user="new9-99"), seconds=1)
+    assert s.complete_from == NOW + 1 and np.isnan(s.requests[0])
