@@ -123,11 +123,11 @@ def test_feed_updates_the_overview_and_a_tile_opens_its_chart(qtbot: object, win
     def cache_chart_visible() -> bool:
         plot = traffic.charts["cache"].plot
         rect = traffic.graphics.mapFromScene(plot.sceneBoundingRect()).boundingRect()
-        top = traffic.scroll.verticalScrollBar().value()
+        top = traffic.scroll_area.verticalScrollBar().value()
         return (
             top > 0
             and rect.top() >= top - 1
-            and rect.bottom() <= top + traffic.scroll.viewport().height() + 1
+            and rect.bottom() <= top + traffic.scroll_area.viewport().height() + 1
         )
 
     qtbot.waitUntil(cache_chart_visible, timeout=3000)  # type: ignore[attr-defined]

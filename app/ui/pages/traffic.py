@@ -172,7 +172,7 @@ class TrafficPage(QtWidgets.QWidget):
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
         scroll.setWidget(self.graphics)
-        self.scroll = scroll
+        self.scroll_area = scroll
         layout.addWidget(scroll, 1)
         for chart in self.charts.values():
             vb = chart.plot.getViewBox()
@@ -465,8 +465,10 @@ class TrafficPage(QtWidgets.QWidget):
         """Bring one chart into view (an Overview tile was clicked)."""
         chart = self.charts[TILE_CHART.get(key, key)]
         rect = chart.header.mapRectToScene(chart.header.boundingRect())
-        self.scroll.ensureVisible(0, int(rect.top()), 0, 0)
-        self.scroll.ensureVisible(0, int(chart.plot.mapRectToScene(chart.plot.boundingRect()).bottom()), 0, 0)
+        self.scroll_area.ensureVisible(0, int(rect.top()), 0, 0)
+        self.scroll_area.ensureVisible(
+            0, int(chart.plot.mapRectToScene(chart.plot.boundingRect()).bottom()), 0, 0
+        )
         self.focused_chart = chart.key
 
     # -- crosshair, for tests and the readout ------------------------------------------------
