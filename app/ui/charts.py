@@ -311,8 +311,10 @@ class Crosshair(QObject):
         for chart in self.charts:
             if chart.plot.sceneBoundingRect().contains(pos):
                 x = chart.plot.getViewBox().mapSceneToView(pos).x()
-                self.move_to(float(x))
+                if self.move_to(float(x)) is not None:
+                    QtWidgets.QToolTip.showText(QtGui.QCursor.pos(), self.tooltip_text())
                 return
+        QtWidgets.QToolTip.hideText()
         self.clear()
 
     def move_to(self, x: float) -> int | None:
@@ -333,6 +335,24 @@ class Crosshair(QObject):
             chart.show_readout(i, label)
         self.moved.emit(i, float(t[i]))
         return i
+
+    def tooltip_text(self) -> str:
+        """Every chart's exact values at the crosshair, one line per chart (the hover tooltip)."""
+        if self.index is None or not self.charts:
+            return ""
+        t = self.charts[0].t
+        lines = [f"<b>{self.time_text(float(t[self.index]))}</b>"]
+        for chart in self.charts:
+            values = chart.value_at(self.index)
+            parts = []
+            for spec in chart.specs:
+                v = values.get(spec.key)
+                if v is None or (spec.stacked and v == 0):
+                    continue
+                fmt = spec.formatter or chart.formatter
+                parts.append(f"{spec.label} {fmt(v) if math.isfinite(v) else chr(0x2014)}")
+            lines.append(f"{chart.title}: " + (", ".join(parts) if parts else "none"))
+        return "<br>".join(lines)
 
     def clear(self) -> None:
         if self.index is None:

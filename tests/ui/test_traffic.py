@@ -130,6 +130,10 @@ def test_crosshair_values_are_the_aggregators_numbers(page: TrafficPage, seeded_
 
     assert fmt_latency_ms(s.latency_ms[0.95][i]) in header
     assert time.strftime("%H:%M:%S", time.localtime(t)) in header
+    # The hover tooltip lists every chart's values at that second.
+    tip = page.crosshair.tooltip_text()
+    assert tip.count("<br>") == len(CHART_KEYS)
+    assert f"p95 {fmt_latency_ms(s.latency_ms[0.95][i])}" in tip
     # Every chart's line sits on the same second.
     assert {c.vline.value() for c in page.charts.values()} == {t}
 
