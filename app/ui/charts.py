@@ -149,6 +149,8 @@ class TimeChart:
     t: F64 = field(init=False, default_factory=lambda: np.zeros(0))
     values: dict[str, F64] = field(init=False, default_factory=dict)
     annotations: list[_Annotation] = field(init=False, default_factory=list)
+    markers: list[pg.InfiniteLine] = field(init=False, default_factory=list)
+    _marker_key: tuple[tuple[float, str], ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
         colors = current_colors()
@@ -251,6 +253,29 @@ class TimeChart:
             )
             self.plot.addItem(line, ignoreBounds=True)
             self.annotations.append(_Annotation(line, value))
+
+    def set_markers(self, marks: Sequence[tuple[float, str, str, str]]) -> None:
+        """Vertical lines on the time axis (breaker transitions): ``(time, label, colour, tooltip)``."""
+        key = tuple((x, label) for x, label, _c, _t in marks)
+        if key == self._marker_key:
+            return
+        self._marker_key = key
+        for old in self.markers:
+            self.plot.removeItem(old)
+        self.markers = []
+        for i, (x, label, color, tip) in enumerate(marks):
+            line = pg.InfiniteLine(
+                pos=x,
+                angle=90,
+                movable=False,
+                pen=pg.mkPen(color, width=1, style=Qt.PenStyle.DashLine),
+                label=label,
+                # Staggered heights, so transitions close in time do not print over each other.
+                labelOpts={"position": 0.97 - 0.14 * (i % 3), "color": color, "anchors": [(0, 0), (0, 0)]},
+            )
+            line.setToolTip(tip)
+            self.plot.addItem(line, ignoreBounds=True)
+            self.markers.append(line)
 
     @property
     def annotation_peak(self) -> float:

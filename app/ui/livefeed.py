@@ -77,6 +77,17 @@ class BudgetLine:
     warn_at: tuple[float, ...] = ()
 
 
+@dataclass(frozen=True)
+class BreakerMark:
+    """A breaker transition, drawn on the time axis so cause and effect sit on one picture."""
+
+    ts: float
+    target: str
+    from_state: str
+    to_state: str
+    cause: str
+
+
 @dataclass
 class StoreFacts:
     """What only the store knows: spend today (UTC) for the filter, the same time yesterday, budgets."""
@@ -87,6 +98,7 @@ class StoreFacts:
     budgets: list[BudgetLine] = field(default_factory=list)
     open_breakers: int | None = None
     dimension_values: dict[str, list[str]] = field(default_factory=dict)
+    transitions: list[BreakerMark] = field(default_factory=list)
 
 
 @dataclass
@@ -112,6 +124,7 @@ class TrafficFrame:
     ttft_ms: dict[str, F64]  # p50, p95
     spend_day_usd: F64
     budgets: list[BudgetLine] = field(default_factory=list)
+    transitions: list[BreakerMark] = field(default_factory=list)
     #: Live: spend in the 60 s ending at each second (NaN where less than a minute is known).
     cost_min: F64 | None = None
     made_at: float = field(default_factory=time.time)
@@ -185,6 +198,7 @@ def live_frame(
         ttft_ms={"p50": s.ttft_ms[0.5], "p95": s.ttft_ms[0.95]},
         spend_day_usd=spend,
         budgets=list(facts.budgets) if facts is not None else [],
+        transitions=list(facts.transitions) if facts is not None else [],
         cost_min=per_min[w],
     )
 
@@ -276,6 +290,11 @@ def read_store_facts(engine: Any, state: FilterState, *, now: float | None = Non
     state_by_target: dict[str, str] = {}
     for tr in list_breaker_transitions(engine, limit=1000):
         state_by_target[tr.target] = tr.to_state
+    shown_from = now - max(state.seconds, 900)
+    facts.transitions = [
+        BreakerMark(tr.ts, tr.target, tr.from_state, tr.to_state, tr.cause)
+        for tr in list_breaker_transitions(engine, since=shown_from, limit=200)
+    ]
     for o in list_breaker_overrides(engine, now=now):
         state_by_target[o.target] = o.state
     facts.open_breakers = sum(1 for s in state_by_target.values() if s == "open")
@@ -595,6 +614,7 @@ class LiveFeed(QObject):
         self._emit_dimensions()
         if self.last_frame is not None and not self.state.live:
             self.last_frame.budgets = list(facts.budgets)
+            self.last_frame.transitions = list(facts.transitions)
             self.frame_ready.emit(self.last_frame)
 
     def _on_history(self, gen: int, frame: TrafficFrame) -> None:
@@ -603,6 +623,7 @@ class LiveFeed(QObject):
             return
         if self.facts is not None:
             frame.budgets = list(self.facts.budgets)
+            frame.transitions = list(self.facts.transitions)
         started = time.perf_counter()
         self.last_frame = frame
         self.frame_ready.emit(frame)

@@ -345,6 +345,7 @@ def test_store_facts_spend_today_budgets_and_breakers(seeded_store: object) -> N
     assert facts.spend_today_usd == pytest.approx(expected, rel=1e-9)
     assert [b.name for b in facts.budgets] == ["daily"]
     assert facts.open_breakers == 1
+    assert [(m.target, m.to_state) for m in facts.transitions] == [("fast", "open")]
     assert set(facts.dimension_values["provider"]) == {"openai", "anthropic"}
     # A budget scoped to another feature does not apply to a filter on this one.
     save_object(
@@ -361,3 +362,21 @@ def test_store_facts_spend_today_budgets_and_breakers(seeded_store: object) -> N
         "daily",
         "chat-only",
     }
+
+
+def test_breaker_transitions_are_drawn_on_the_time_axis(
+    page: TrafficPage, seeded_live: LiveAggregator
+) -> None:
+    from app.ui.livefeed import BreakerMark
+
+    frame = live_frame(seeded_live, FilterState())
+    frame.transitions = [
+        BreakerMark(NOW - 300, "fast", "closed", "open", "failure_rate 0.62 over 31 requests"),
+        BreakerMark(NOW - 5000, "old", "closed", "open", "before the window"),
+    ]
+    page.apply_frame(frame)
+    markers = page.charts["requests"].markers
+    assert [m.value() for m in markers] == [NOW - 300]
+    assert markers[0].label.toPlainText() == "fast open"
+    assert "failure_rate 0.62" in markers[0].toolTip()
+    assert [m.value() for m in page.charts["failures"].markers] == [NOW - 300]

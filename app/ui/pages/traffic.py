@@ -367,6 +367,19 @@ class TrafficPage(QtWidgets.QWidget):
             (a.value, a.item.label.toPlainText()) for a in spend.annotations
         ]:
             spend.set_annotations(lines)
+        state_colors = {"open": colors.bad, "half_open": colors.warn, "closed": colors.ok}
+        marks = [
+            (
+                m.ts,
+                f"{m.target} {m.to_state.replace('_', '-')}",
+                state_colors.get(m.to_state, colors.muted),
+                f"{local_time_text(m.ts, 1)} breaker {m.target}: {m.from_state} → {m.to_state} ({m.cause})",
+            )
+            for m in frame.transitions
+            if len(frame.t) and frame.t[0] <= m.ts <= frame.t[-1] + frame.step_s
+        ]
+        for key in ("requests", "failures"):
+            self.charts[key].set_markers(marks)
         self.empty.setVisible(frame.is_empty())
         self._show_context(frame.state, frame)
         self._staged = (frame, data)
