@@ -43,7 +43,6 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from app.sources.base import Batch, BatchSink, SourceState, SourceStatus
@@ -320,7 +319,7 @@ class OtlpReceiver:
                 message = f"the store could not take the spans, retry later: {exc}"
                 self._status.last_error = message
                 self._status.state = SourceState.ERROR
-                response = _status_response(503, message, answer_as, grpc_code=code_pb2.UNAVAILABLE)
+                response = _status_response(503, message, answer_as, grpc_code=_UNAVAILABLE)
                 response.headers["Retry-After"] = str(RETRY_AFTER_S)
                 return response
             s = self._status
@@ -424,20 +423,47 @@ def _status_response(
     status: int, message: str, content_type: str, *, grpc_code: int | None = None
 ) -> web.Response:
     """A ``google.rpc.Status`` body (the OTLP/HTTP failure response), encoded like the request."""
-    code = grpc_code if grpc_code is not None else _GRPC_CODES.get(status, code_pb2.UNKNOWN)
-    body = status_pb2.Status(code=code, message=message)
+    code = grpc_code if grpc_code is not None else _GRPC_CODES.get(status, _UNKNOWN)
     if content_type == PROTOBUF:
-        return web.Response(status=status, body=body.SerializeToString(), content_type=PROTOBUF)
+        return web.Response(status=status, body=_encode_status(code, message), content_type=PROTOBUF)
     return web.json_response({"code": code, "message": message}, status=status)
 
 
+def _encode_status(code: int, message: str) -> bytes:
+    """``google.rpc.Status{code, message}`` in protobuf wire format.
+
+    Written out (two fields) rather than imported: ``google.rpc`` comes with
+    googleapis-common-protos, which the OTLP exporters need but we do not.
+    """
+    text = message.encode("utf-8")
+    return b"\x08" + _varint(code) + b"\x12" + _varint(len(text)) + text
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# gRPC status codes (google/rpc/code.proto).
+_UNKNOWN, _INVALID_ARGUMENT, _NOT_FOUND, _RESOURCE_EXHAUSTED, _UNIMPLEMENTED, _UNAVAILABLE = (
+    2,
+    3,
+    5,
+    8,
+    12,
+    14,
+)
 _GRPC_CODES = {
-    400: code_pb2.INVALID_ARGUMENT,
-    404: code_pb2.NOT_FOUND,
-    405: code_pb2.UNIMPLEMENTED,
-    413: code_pb2.RESOURCE_EXHAUSTED,
-    415: code_pb2.INVALID_ARGUMENT,
-    503: code_pb2.UNAVAILABLE,
+    400: _INVALID_ARGUMENT,
+    404: _NOT_FOUND,
+    405: _UNIMPLEMENTED,
+    413: _RESOURCE_EXHAUSTED,
+    415: _INVALID_ARGUMENT,
+    503: _UNAVAILABLE,
 }
 
 
