@@ -29,10 +29,11 @@ client sends in those headers is the gateway's token, never a provider key, and 
 logged or echoed (clients often send their real provider key there by habit: the SDKs read
 ``OPENAI_API_KEY``).  Request bodies are limited (4 MiB by default: 413 with a clear message).
 
-Why aiohttp.web: measured against uvicorn + Starlette (h11, the only HTTP parser installed) on
-the same JSON handler, aiohttp's C parser answered in 0.34 ms at concurrency 1 against 0.50 ms
-and sustained about twice the requests per second at 50 and 200 (tests/bench/test_bench_gateway.py
-measures both); it is also already the simulator's server, so it adds no dependency.
+Why aiohttp.web: measured against uvicorn + Starlette (h11, the only HTTP parser installed here) on
+the same JSON handler (tests/bench/test_bench_gateway.py::test_bench_server_stack_choice, five runs
+on a shared 2-core machine), aiohttp answered in 0.26-0.37 ms (p50) at concurrency 1 against
+0.43-0.52 ms, and sustained as many to twice the requests per second at 50 and 200; it is never
+behind, it is already the simulator's server, and it adds no dependency.
 """
 
 from __future__ import annotations
@@ -52,9 +53,15 @@ from aiohttp import web
 
 from app.core.event import Failure
 from app.core.ids import new_event_id
-from app.gateway import engine as engine_module
 from app.gateway import metrics
-from app.gateway.engine import Gateway, GatewayError, GatewayRequest, GatewayResponse, GatewayStreamEnd
+from app.gateway.engine import (
+    Gateway,
+    GatewayError,
+    GatewayRequest,
+    GatewayResponse,
+    GatewayStreamEnd,
+    GatewayStreamStart,
+)
 from app.providers.base import (
     ChatResult,
     FinishReason,
@@ -71,9 +78,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 MAX_BODY_BYTES = 4 * 1024 * 1024
 TOKEN_ENV = "CONTROLROOM_GATEWAY_TOKEN"
-
-#: The engine may announce the serving target before the first chunk (see the notes to G1).
-_StreamStart: Any = getattr(engine_module, "GatewayStreamStart", None)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -893,7 +897,7 @@ class GatewayServer:
                 "x-accel-buffering": "no",
             }
             pending: list[Any] = []
-            if _StreamStart is not None and isinstance(first, _StreamStart):
+            if isinstance(first, GatewayStreamStart):
                 headers["x-controlroom-target"] = str(first.target)
                 headers["x-controlroom-attempts"] = str(first.attempts)
                 headers["x-controlroom-cache"] = str(first.cache)

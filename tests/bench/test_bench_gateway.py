@@ -69,7 +69,6 @@ def _cpu_seconds(pid: int) -> float | None:
 class Proc:
     url: str
     pid: int
-    build: str = ""
 
 
 def _spawn(argv: list[str], pattern: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
@@ -135,37 +134,15 @@ def store_url(sim: Proc, tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
-#: ``controlroom gateway`` with the provider adapters on app.gateway.transport.AiohttpTransport, for as long
-#: as the engine does not pass it itself (then this is the same program as ``python -m app``).
-_WITH_AIOHTTP_TRANSPORT = textwrap.dedent(
-    """\
-    import sys
-    from app.gateway import engine
-    from app.gateway.transport import AiohttpTransport
-    _make = engine.make_adapter
-    def make_adapter(*args, **kwargs):
-        kwargs.setdefault("transport", AiohttpTransport(max_connections=kwargs.get("max_connections", 100)))
-        return _make(*args, **kwargs)
-    engine.make_adapter = make_adapter
-    from app.cli import main
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-BUILDS = {
-    "as built": ["-m", "app"],
-    "adapters on AiohttpTransport": ["-c", _WITH_AIOHTTP_TRANSPORT],
-}
-
-
-@pytest.fixture(scope="module", params=list(BUILDS))
-def gateway(request: pytest.FixtureRequest, store_url: str, env: dict[str, str]) -> Iterator[Proc]:
+@pytest.fixture(scope="module")
+def gateway(store_url: str, env: dict[str, str]) -> Iterator[Proc]:
     proc, url = _spawn(
-        [sys.executable, *BUILDS[request.param], "gateway", "--listen", "127.0.0.1:0", "--store", store_url],
+        [sys.executable, "-m", "app", "gateway", "--listen", "127.0.0.1:0", "--store", store_url],
         r"listening on (http://\S+)",
         env,
     )
     try:
-        yield Proc(url, proc.pid, request.param)
+        yield Proc(url, proc.pid)
     finally:
         _stop(proc, signal.SIGTERM)
 
@@ -263,7 +240,7 @@ def test_bench_added_latency_and_throughput(sim: Proc, gateway: Proc) -> None:
         rows.append((conc, direct, through, cpu_ms))
 
     print(
-        f"\n\nGateway overhead ({gateway.build}): instant simulator, non-streaming chat, closed loop, "
+        f"\n\nGateway overhead: instant simulator, non-streaming chat, closed loop, "
         f"{os.cpu_count()} cores shared by the client, the simulator and the gateway (each its own process); "
         f"load average before: {load}\n"
     )
@@ -328,8 +305,7 @@ def test_bench_breaker_flip_to_enforcement(store_url: str, gateway: Proc) -> Non
     ms = sorted(d * 1000 for d in delays)
     p99 = ms[min(len(ms) - 1, int(0.99 * len(ms)))]
     print(
-        f"\n\nBreaker flip (store commit in this process) -> enforced by the gateway process ({gateway.build}), "
-        f"{FLIPS} flips:\n"
+        f"\n\nBreaker flip (store commit in this process) -> enforced by the gateway process, {FLIPS} flips:\n"
         f"  p50 {statistics.median(ms):.0f} ms   p99 {p99:.0f} ms   max {ms[-1]:.0f} ms   (target: p99 <= 1000 ms)\n"
     )
 

@@ -17,7 +17,6 @@ import openai
 import pytest
 
 from app.gateway import control
-from app.gateway import engine as engine_module
 from storage.queries.events import get_event
 from tests.integration.test_gateway_server_fixtures import (  # noqa: F401 - fixtures
     SIM_KEY,
@@ -96,12 +95,6 @@ def test_openai_stream_rebuilds_the_answer_and_reports_usage(oai: openai.OpenAI)
     assert chunks[-1].usage.completion_tokens > 0
 
 
-@pytest.mark.xfail(
-    not hasattr(engine_module, "GatewayStreamStart"),
-    reason="the engine does not yet announce the serving target before the first chunk "
-    "(GatewayStreamStart, asked of the engine in /work/notes/g2-to-g1.md)",
-    strict=True,
-)
 def test_streams_carry_the_gateway_headers(oai: openai.OpenAI, ant: anthropic.Anthropic) -> None:
     with oai.chat.completions.with_streaming_response.create(
         model="default", messages=FRANCE, stream=True
