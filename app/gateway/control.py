@@ -257,8 +257,8 @@ def apply_config(
         delete("target")
         delete("provider")
         for kind in ("route", "budget"):
-            upsert(kind)  # type: ignore[arg-type]
-            delete(kind)  # type: ignore[arg-type]
+            upsert(kind)
+            delete(kind)
         stored_defaults = _stored_breaker_defaults_data(conn)
         if not _equal(desired_defaults, stored_defaults or _breaker_defaults_data(BreakerSettings())):
             report.changes.append(Change("update", BREAKER_DEFAULTS, "default"))
@@ -369,7 +369,7 @@ def set_breaker(
     return q.set_breaker_override(
         engine_or_conn,
         target,
-        state.value,  # type: ignore[arg-type]
+        state.value,
         actor=actor,
         reason=reason or "back to automatic",
         expires_at=expires_at,

@@ -1066,7 +1066,7 @@ class _AnthropicStream(_StreamWire):
         self._started = True
         usage = anthropic_usage(self.usage or Usage())
         usage["output_tokens"] = 0 if self.usage is None else usage["output_tokens"]
-        message = {
+        message: dict[str, Any] = {
             "id": self.id,
             "type": "message",
             "role": "assistant",
