@@ -102,7 +102,10 @@ def run_until_done(cmd: list[str], rng: random.Random, *, max_kills: int = 12) -
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             if kills < max_kills:
-                deadline = time.monotonic() + rng.uniform(0.2, 3.0)
+                # The first kill of a round lands early (start-up, migration, first batch), so every
+                # round kills at least once however fast the machine; later ones anywhere.
+                delay = rng.uniform(0.05, 0.5) if kills == 0 else rng.uniform(0.2, 3.0)
+                deadline = time.monotonic() + delay
                 while proc.poll() is None and time.monotonic() < deadline:
                     time.sleep(0.02)
                 if proc.poll() is None:
