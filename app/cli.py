@@ -526,7 +526,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         print(f"controlroom: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     try:
-        with store, Pipeline(store) as pipeline:
+        # A short queue: the next batch is parsed while one is written, and memory stays small.
+        with store, Pipeline(store, queue_events=40_000) as pipeline:
             report = ingest_files(pipeline, list(args.paths), fmt)
     except StoreUnavailable as exc:
         print(f"controlroom: {exc}", file=sys.stderr)
