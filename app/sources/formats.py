@@ -1140,6 +1140,34 @@ class EventFormat(LineFormat):
 
     name = "event"
 
+    def parse_many(
+        self, lines: list[tuple[int, bytes]], *, source: str, fingerprint: str, out: Parsed
+    ) -> None:
+        """Lines ``(offset, bytes)`` of one file: the ingest hot path.
+
+        Good lines take the shortest way (no position text, no key unless the
+        record has no id); any line that is not plainly good goes through
+        :meth:`parse_line`, which says exactly what is wrong with it.
+        """
+        loads = _fast_loads
+        append = out.events.append
+        slow = self.parse_line
+        for off, line in lines:
+            d: Any = None
+            if loads is not None and b"\\u0000" not in line:
+                try:
+                    d = loads(line)
+                except ValueError:
+                    d = None
+            if type(d) is dict:
+                key = f"{fingerprint}:{off}" if d.get("event_id") is None else ""
+                try:
+                    append(event_from_dict(d, key=key, source=source))
+                    continue
+                except RecordError:
+                    pass
+            slow(line, source=source, key=f"{fingerprint}:{off}", position=f"byte {off}", out=out)
+
     def parse_line(self, line: bytes, *, source: str, key: str, position: str, out: Parsed) -> None:
         try:
             d = decode_line(line)
