@@ -73,7 +73,8 @@ if [[ $MAKE_DEB == 1 ]]; then
     install -m 644 "$ROOT/packaging/linux/controlroom.desktop" "$STAGE/usr/share/applications/"
     install -m 644 "$ROOT/resources/icons/controlroom.svg" "$STAGE/usr/share/icons/hicolor/scalable/apps/"
     # What the bundle loads from the system rather than carrying (ldd of every bundled library):
-    # glibc, GL/EGL, xcb and Wayland; the rest are the usual Qt desktop libraries and fonts.
+    # glibc, GL/EGL, xcb and Wayland; the rest are the usual Qt desktop libraries and fonts, and the
+    # time zones budgets and routing windows name (zoneinfo reads /usr/share/zoneinfo).
     cat > "$STAGE/DEBIAN/control" <<EOF
 Package: controlroom
 Version: $VERSION
@@ -82,7 +83,7 @@ Maintainer: Control Room maintainers <controlroom@localhost>
 Installed-Size: $(du -sk "$STAGE" | cut -f1)
 Depends: libc6 (>= $GLIBC), libegl1, libgl1, libxcb1, libx11-6, libx11-xcb1, libxcb-cursor0,
  libxkbcommon0, libxkbcommon-x11-0, libwayland-client0, libwayland-cursor0, libwayland-egl1,
- libfontconfig1, libfreetype6, libdbus-1-3, libglib2.0-0t64 | libglib2.0-0
+ libfontconfig1, libfreetype6, libdbus-1-3, libglib2.0-0t64 | libglib2.0-0, tzdata
 Suggests: gnome-keyring
 Section: devel
 Priority: optional

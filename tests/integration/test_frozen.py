@@ -62,8 +62,8 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> FrozenBuild:
 
     xdist workers share one build through a lock file in the run's common temporary directory:
     ``--dist loadgroup`` alone does not keep the module on one worker (pytest-xdist 3.8 sets
-    ``item._nodeid``, which pytest 9.2 no longer reads), and two PyInstaller builds at once
-    trip over each other.
+    ``item._nodeid``, which pytest 9.2 no longer reads), and a second build would only cost
+    another minute or two of both cores.
     """
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
