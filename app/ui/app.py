@@ -170,11 +170,18 @@ async def _tokens_and_price() -> dict[str, Any]:
 
 
 def _wait_until(qapp: QtWidgets.QApplication, predicate: Any, timeout: float) -> bool:
+    """Run the event loop until ``predicate()`` holds or ``timeout`` passes.
+
+    A nested event loop woken every 20 ms, not a processEvents() spin: that one
+    returns at once when nothing is pending and burns a core while it waits.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             return False
-        qapp.processEvents(QtCore.QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        loop = QtCore.QEventLoop()
+        QTimer.singleShot(20, loop.quit)
+        loop.exec()
     return True
 
 
