@@ -33,11 +33,11 @@ UninstallDisplayIcon={app}\controlroom.exe
 Source: "dist\controlroom\*"; DestDir: "{app}"; Flags: ignoreversion recursesubdirs createallsubdirs
 
 [Icons]
-Name: "{autoprograms}\Control Room"; Filename: "{app}\controlroom.exe"; Parameters: "ui"
-Name: "{autodesktop}\Control Room"; Filename: "{app}\controlroom.exe"; Parameters: "ui"; Tasks: desktopicon
+Name: "{autoprograms}\Control Room"; Filename: "{app}\controlroom.exe"; Parameters: "ui --demo-if-empty"
+Name: "{autodesktop}\Control Room"; Filename: "{app}\controlroom.exe"; Parameters: "ui --demo-if-empty"; Tasks: desktopicon
 
 [Tasks]
 Name: "desktopicon"; Description: "{cm:CreateDesktopIcon}"; GroupDescription: "{cm:AdditionalIcons}"; Flags: unchecked
 
 [Run]
-Filename: "{app}\controlroom.exe"; Parameters: "ui"; Description: "{cm:LaunchProgram,Control Room}"; Flags: nowait postinstall skipifsilent
+Filename: "{app}\controlroom.exe"; Parameters: "ui --demo-if-empty"; Description: "{cm:LaunchProgram,Control Room}"; Flags: nowait postinstall skipifsilent
