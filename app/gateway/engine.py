@@ -64,10 +64,10 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from app.core.breaker import (
     BreakerBoard,
@@ -111,6 +111,8 @@ from storage.queries.control import (
     list_budget_warnings,
     record_budget_warning,
 )
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -1166,7 +1168,16 @@ class Gateway:
                 return None
         return target, entry[1]
 
-    async def _call_chain(self, run: _Run, loop: asyncio.AbstractEventLoop) -> ChatResult | None:
+    async def _walk_chain(
+        self,
+        run: _Run,
+        loop: asyncio.AbstractEventLoop,
+        attempt: Callable[
+            [_Run, Target, ProviderAdapter, asyncio.AbstractEventLoop, bool], Awaitable[_T | None]
+        ],
+    ) -> _T | None:
+        """Each usable target of the chain in turn until ``attempt`` answers; then, if the route says
+        ``try_anyway`` and every breaker was open, the skipped targets once more."""
         assert run.route is not None
         for force in (False, True):
             candidates = run.chain if not force else list(run.skipped_open)
@@ -1179,10 +1190,13 @@ class Gateway:
                 if usable is None:
                     continue
                 target, adapter = usable
-                result = await self._try_target(run, target, adapter, loop, force)
+                result = await attempt(run, target, adapter, loop, force)
                 if result is not None:
                     return result
         return None
+
+    async def _call_chain(self, run: _Run, loop: asyncio.AbstractEventLoop) -> ChatResult | None:
+        return await self._walk_chain(run, loop, self._try_target)
 
     async def _try_target(
         self,
@@ -1282,22 +1296,7 @@ class Gateway:
     async def _open_stream_chain(
         self, run: _Run, loop: asyncio.AbstractEventLoop
     ) -> tuple[ChatStream, AsyncIterator[StreamEvent], list[StreamEvent], float] | None:
-        assert run.route is not None
-        for force in (False, True):
-            candidates = run.chain if not force else list(run.skipped_open)
-            if force:
-                if run.attempts or not run.skipped_open or run.route.on_all_open is not OnAllOpen.TRY_ANYWAY:
-                    return None
-                run.notes.append("every breaker is open; on_all_open is try_anyway: calling them anyway")
-            for name in candidates:
-                usable = self._usable(run, name, force)
-                if usable is None:
-                    continue
-                target, adapter = usable
-                opened = await self._open_stream(run, target, adapter, loop, force)
-                if opened is not None:
-                    return opened
-        return None
+        return await self._walk_chain(run, loop, self._open_stream)
 
     async def _open_stream(
         self,
