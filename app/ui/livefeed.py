@@ -339,8 +339,13 @@ def overview_snapshot(
 
     if p95 is None:
         p95 = overview_p95(live, flt, now=now)
+    # A rate over the seconds that actually had a chance to see traffic: right
+    # after start-up the window holds a few seconds, and dividing by five
+    # minutes would show a busy gateway as "0.0 /s".
+    seen = np.flatnonzero(s.requests)
+    covered = min(p, len(s.t) - int(seen[0])) if seen.size else p
     values: dict[str, float | None] = {
-        "requests_per_s": float(s.requests[cur].sum()) / p,
+        "requests_per_s": float(s.requests[cur].sum()) / max(covered, 1),
         "p95_latency_ms": _finite(p95[0]),
         "error_rate": ratio(errors, s.requests, cur),
         "cache_hit_rate": ratio(s.cache_hits, s.requests, cur),

@@ -131,3 +131,17 @@ def test_feed_updates_the_overview_and_a_tile_opens_its_chart(qtbot: object, win
         )
 
     qtbot.waitUntil(cache_chart_visible, timeout=3000)  # type: ignore[attr-defined]
+
+
+def test_rate_right_after_start_counts_only_the_seconds_seen() -> None:
+    """Ten seconds of traffic must not read as a five-minute average ("0.0 /s" on first paint)."""
+    agg = LiveAggregator(clock=lambda: NOW)
+    events = list(synthetic_events(NOW - 10, 10, seed=3))
+    agg.add(events)
+    s = agg.series(LiveFilter(), now=NOW)
+    first = int(np.flatnonzero(s.requests)[0])
+    covered = len(s.t) - first
+    assert covered <= 12
+    snap = overview_snapshot(agg, LiveFilter(), None, now=NOW)
+    assert snap.values["requests_per_s"] == pytest.approx(s.requests.sum() / covered)
+    assert snap.values["requests_per_s"] > s.requests.sum() / OVERVIEW_PERIOD_S
