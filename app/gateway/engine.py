@@ -1270,28 +1270,10 @@ class Gateway:
             finally:
                 if retrying:
                     rb.release()
-            latency = loop.time() - started
-            retry_after = err.retry_after_s if err is not None else None
-            breaker.record(failure, latency_s=latency, deadline_s=route.deadline_s, retry_after_s=retry_after)
-            if retry_after is not None:
-                run.retry_after = retry_after
-            if err is not None and err.partial is not None and err.partial.produced_output:
-                self._bill_partial(run, target, err.partial)
-            decision = route.retry.decide(
-                failure, n, retry_after, run.deadline_at - loop.time(), rng=self._rng
-            )
-            if decision.retry and err is not None and err.should_retry is False:
-                run.notes.append(f"{name}: the provider said not to retry")
+            if not await self._after_failed_attempt(
+                run, target, failure, err, attempt=n, started=started, loop=loop
+            ):
                 return None
-            if not decision.retry:
-                if decision.next_target:
-                    if n > 1 or failure.retryable:
-                        run.notes.append(f"{name}: {decision.reason}")
-                    return None
-                run.notes.append(decision.reason)
-                raise _Stop
-            if decision.wait_s > 0:
-                await asyncio.sleep(decision.wait_s)
 
     async def _open_stream_chain(
         self, run: _Run, loop: asyncio.AbstractEventLoop
@@ -1382,28 +1364,50 @@ class Gateway:
             if retrying:
                 rb.release()
             await cs.aclose()
-            latency = loop.time() - started
-            retry_after = err.retry_after_s if err is not None else None
-            breaker.record(failure, latency_s=latency, deadline_s=route.deadline_s, retry_after_s=retry_after)
-            if retry_after is not None:
-                run.retry_after = retry_after
-            if err is not None and err.partial is not None and err.partial.produced_output:
-                self._bill_partial(run, target, err.partial)
-            decision = route.retry.decide(
-                failure, n, retry_after, run.deadline_at - loop.time(), rng=self._rng
-            )
-            if decision.retry and err is not None and err.should_retry is False:
-                run.notes.append(f"{name}: the provider said not to retry")
+            if not await self._after_failed_attempt(
+                run, target, failure, err, attempt=n, started=started, loop=loop
+            ):
                 return None
-            if not decision.retry:
-                if decision.next_target:
-                    if n > 1 or failure.retryable:
-                        run.notes.append(f"{name}: {decision.reason}")
-                    return None
-                run.notes.append(decision.reason)
-                raise _Stop
-            if decision.wait_s > 0:
-                await asyncio.sleep(decision.wait_s)
+
+    async def _after_failed_attempt(
+        self,
+        run: _Run,
+        target: Target,
+        failure: Failure,
+        err: ProviderError | None,
+        *,
+        attempt: int,
+        started: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> bool:
+        """Record a failed attempt, bill what it produced, and decide: True to retry (after the
+        backoff), False to move to the next target; raises :class:`_Stop` to end the request."""
+        route = run.route
+        assert route is not None
+        name = target.name
+        n = attempt
+        breaker = self._board.get(name)
+        latency = loop.time() - started
+        retry_after = err.retry_after_s if err is not None else None
+        breaker.record(failure, latency_s=latency, deadline_s=route.deadline_s, retry_after_s=retry_after)
+        if retry_after is not None:
+            run.retry_after = retry_after
+        if err is not None and err.partial is not None and err.partial.produced_output:
+            self._bill_partial(run, target, err.partial)
+        decision = route.retry.decide(failure, n, retry_after, run.deadline_at - loop.time(), rng=self._rng)
+        if decision.retry and err is not None and err.should_retry is False:
+            run.notes.append(f"{name}: the provider said not to retry")
+            return False
+        if not decision.retry:
+            if decision.next_target:
+                if n > 1 or failure.retryable:
+                    run.notes.append(f"{name}: {decision.reason}")
+                return False
+            run.notes.append(decision.reason)
+            raise _Stop
+        if decision.wait_s > 0:
+            await asyncio.sleep(decision.wait_s)
+        return True
 
     # --- endings ----------------------------------------------------------------------------------
 
