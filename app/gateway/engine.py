@@ -1216,31 +1216,13 @@ class Gateway:
         name = target.name
         if name not in run.targets_tried:
             run.targets_tried.append(name)
-        stats = self._stats
         n = 0
         while True:
             n += 1
-            remaining = run.deadline_at - loop.time()
-            if remaining <= 0:
-                if n == 1:
-                    breaker.release()  # the probe _usable reserved was never used
-                run.fail(Failure.TIMEOUT, f"{name}: the deadline of {run.deadline_s:g} s passed")
-                raise _Stop
+            remaining = self._begin_attempt(run, target, n, force, loop)
+            if remaining is None:
+                return None
             retrying = n > 1
-            if retrying:
-                if not force and not breaker.allow():
-                    run.notes.append(f"{name}: breaker opened; no more retries here")
-                    return None
-                if not rb.try_acquire_retry():
-                    breaker.release()
-                    stats.retries_denied[name] = stats.retries_denied.get(name, 0) + 1
-                    run.notes.append(f"{name}: retry budget exhausted; no retry")
-                    return None
-                stats.retries[name] = stats.retries.get(name, 0) + 1
-            else:
-                rb.record_attempt()
-            run.attempts += 1
-            stats.attempts[name] = stats.attempts.get(name, 0) + 1
             timeout = min(route.effective_attempt_timeout_s, remaining)
             started = loop.time()
             err: ProviderError | None = None
@@ -1298,31 +1280,13 @@ class Gateway:
         name = target.name
         if name not in run.targets_tried:
             run.targets_tried.append(name)
-        stats = self._stats
         n = 0
         while True:
             n += 1
-            remaining = run.deadline_at - loop.time()
-            if remaining <= 0:
-                if n == 1:
-                    breaker.release()
-                run.fail(Failure.TIMEOUT, f"{name}: the deadline of {run.deadline_s:g} s passed")
-                raise _Stop
+            remaining = self._begin_attempt(run, target, n, force, loop)
+            if remaining is None:
+                return None
             retrying = n > 1
-            if retrying:
-                if not force and not breaker.allow():
-                    run.notes.append(f"{name}: breaker opened; no more retries here")
-                    return None
-                if not rb.try_acquire_retry():
-                    breaker.release()
-                    stats.retries_denied[name] = stats.retries_denied.get(name, 0) + 1
-                    run.notes.append(f"{name}: retry budget exhausted; no retry")
-                    return None
-                stats.retries[name] = stats.retries.get(name, 0) + 1
-            else:
-                rb.record_attempt()
-            run.attempts += 1
-            stats.attempts[name] = stats.attempts.get(name, 0) + 1
             timeout = min(route.first_token_timeout_s, remaining)
             started = loop.time()
             err: ProviderError | None = None
@@ -1368,6 +1332,37 @@ class Gateway:
                 run, target, failure, err, attempt=n, started=started, loop=loop
             ):
                 return None
+
+    def _begin_attempt(
+        self, run: _Run, target: Target, n: int, force: bool, loop: asyncio.AbstractEventLoop
+    ) -> float | None:
+        """Admit attempt ``n`` on ``target``: the seconds left, or ``None`` to move on (breaker
+        re-opened, retry budget spent); raises :class:`_Stop` when the deadline has passed."""
+        name = target.name
+        breaker = self._board.get(name)
+        rb = self._retry_budget(name)
+        stats = self._stats
+        remaining = run.deadline_at - loop.time()
+        if remaining <= 0:
+            if n == 1:
+                breaker.release()  # the probe _usable reserved was never used
+            run.fail(Failure.TIMEOUT, f"{name}: the deadline of {run.deadline_s:g} s passed")
+            raise _Stop
+        if n > 1:
+            if not force and not breaker.allow():
+                run.notes.append(f"{name}: breaker opened; no more retries here")
+                return None
+            if not rb.try_acquire_retry():
+                breaker.release()
+                stats.retries_denied[name] = stats.retries_denied.get(name, 0) + 1
+                run.notes.append(f"{name}: retry budget exhausted; no retry")
+                return None
+            stats.retries[name] = stats.retries.get(name, 0) + 1
+        else:
+            rb.record_attempt()
+        run.attempts += 1
+        stats.attempts[name] = stats.attempts.get(name, 0) + 1
+        return remaining
 
     async def _after_failed_attempt(
         self,
