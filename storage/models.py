@@ -21,6 +21,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -572,3 +573,103 @@ ROLLUP_TIER = cast(Table, RollupTier.__table__)
 ROLLUP_USER = cast(Table, RollupUser.__table__)
 ROLLUP_DIRTY = cast(Table, RollupDirty.__table__)
 OUTLIERS = cast(Table, OutlierRow.__table__)
+
+
+# --- prompt registry and A/B lab (migration 0004) ---------------------------------------
+
+
+class PromptRow(Base):
+    """A named prompt; ``active_version`` is what the gateway uses when a request names it."""
+
+    __tablename__ = "prompts"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    active_version: Mapped[int | None] = mapped_column(Integer)
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class PromptVersionRow(Base):
+    """One immutable version of a prompt: template with ``{{variables}}``, system prompt, parameters."""
+
+    __tablename__ = "prompt_versions"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    prompt: Mapped[str] = mapped_column(
+        String, ForeignKey("prompts.name", onupdate="CASCADE", ondelete="CASCADE")
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    template: Mapped[str] = mapped_column(Text)
+    system: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    note: Mapped[str] = mapped_column(Text, server_default="")
+    author: Mapped[str] = mapped_column(String)
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("prompt", "version"),)
+
+
+class ExperimentRow(Base):
+    """An experiment's definition: the parsed experiment file (config.md), as JSON."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String, unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ExperimentRunRow(Base):
+    """One run of an experiment, with a snapshot of the spec it ran."""
+
+    __tablename__ = "experiment_runs"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String, unique=True)
+    experiment: Mapped[str] = mapped_column(String, index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)
+    status: Mapped[str] = mapped_column(String(16))  # running | cancelled | done | failed
+    total: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class ExperimentResultRow(Base):
+    """One run x variant x case x repetition; its unique key makes a resumed run skip finished work."""
+
+    __tablename__ = "experiment_results"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String)
+    variant: Mapped[str] = mapped_column(String)
+    case_index: Mapped[int] = mapped_column(Integer)
+    repetition: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # ok | error
+    output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    passed: Mapped[bool | None] = mapped_column(Boolean)
+    score: Mapped[float | None] = mapped_column(Float)
+    checks: Mapped[list[Any]] = mapped_column(JSON_TYPE)  # [{type, passed, score, reason}]
+    event_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("run_id", "variant", "case_index", "repetition"),)
+
+
+PROMPTS = cast(Table, PromptRow.__table__)
+PROMPT_VERSIONS = cast(Table, PromptVersionRow.__table__)
+EXPERIMENTS = cast(Table, ExperimentRow.__table__)
+EXPERIMENT_RUNS = cast(Table, ExperimentRunRow.__table__)
+EXPERIMENT_RESULTS = cast(Table, ExperimentResultRow.__table__)

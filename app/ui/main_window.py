@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import time
 
 from app.core import paths
@@ -164,7 +165,28 @@ class MainWindow(QtWidgets.QMainWindow):
             events = EventsPage()
             self.filters.changed.connect(events.set_filter_state)
             return events
-        return PlaceholderPage(page_spec(key))
+        return self._plugged_page(key) or PlaceholderPage(page_spec(key))
+
+    def _plugged_page(self, key: str) -> QtWidgets.QWidget | None:
+        """A page that lives in ``app/ui/pages/<key>.py`` and names its widget class in ``PAGE_CLASS``.
+
+        Its constructor takes no arguments; it reads the store once ``attach_store(store, runner,
+        gateway)`` is called, like the other pages.  A page not yet written shows its placeholder.
+        """
+        try:
+            module = importlib.import_module(f"app.ui.pages.{key}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"app.ui.pages.{key}":
+                raise
+            return None
+        cls = getattr(module, "PAGE_CLASS", None)
+        if cls is None:
+            return None
+        page = cls()
+        message = getattr(page, "status_message", None)
+        if message is not None:  # a page's one-line results ("Saved route default") go to the status bar
+            message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+        return page
 
     def _open_tile_chart(self, tile: str) -> None:
         self.show_page("traffic")
