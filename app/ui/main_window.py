@@ -244,7 +244,15 @@ class MainWindow(QtWidgets.QMainWindow):
         key_action("Focus the filters", "Ctrl+F", self.filters.focus_filters)
         key_action("Pause or resume live", "Space", self._toggle_pause)
         key_action("Export the visible data", "Ctrl+E", self._export_current)
-        key_action("Refresh", "Ctrl+R", self.feed.refresh)
+        key_action("Refresh", "Ctrl+R", self._refresh_current)
+
+    def _refresh_current(self) -> None:
+        """Ctrl+R: read the live series again, and the shown page's data when it has any to read."""
+        self.feed.refresh()
+        page = self.stack.currentWidget()
+        refresh = getattr(page, "refresh", None)
+        if callable(refresh):
+            refresh()
 
     def _toggle_pause(self) -> None:
         if self.current_page in self.FILTERED_PAGES:

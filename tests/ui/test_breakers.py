@@ -216,3 +216,81 @@ def test_switch_force_open_then_back_to_auto(store: Store, qtbot: object) -> Non
     assert get_breaker_override(store.engine, "fast") is None
     assert [e.action for e in list_audit(store.engine, object_type="breaker")][:2] == ["auto", "force_open"]
     page.timer.stop()
+
+
+ROUTES_YAML = """
+providers:
+  - {name: openai, kind: openai, api_key: env:OPENAI_API_KEY}
+targets:
+  - {name: fast, provider: openai, model: gpt-4o-mini}
+  - {name: strong, provider: openai, model: gpt-4o}
+  - {name: spare, provider: openai, model: gpt-4.1}
+routes:
+  - name: default
+    rules:
+      - when: {feature: search}
+        chain: [{split: {fast: 90, spare: 10}, sticky: user}, strong]
+      - chain: [fast, strong]
+  - name: batch
+    rules:
+      - chain: [fast]
+  - name: premium
+    rules:
+      - chain: [strong]
+"""
+
+
+def _save_routes(store: Store) -> None:
+    from app.core.config import parse_config
+    from app.gateway.state import config_to_rows
+
+    for row in config_to_rows(parse_config(ROUTES_YAML))["route"]:
+        save_object(store.engine, "route", row, actor="t", reason="", expected_revision=None)
+
+
+def test_force_open_says_where_each_route_s_traffic_goes(store: Store) -> None:
+    from app.ui.pages.breakers import describe_switch
+
+    _save_routes(store)
+    board = load_board(store.engine)
+    # default: the split's other member, then the chain's next step; batch has nothing else.
+    assert board.fallbacks["fast"] == [("batch", []), ("default", ["spare", "strong"])]  # by route name
+    assert board.fallbacks["strong"] == [("default", []), ("premium", [])]
+    text = describe_switch("fast", "force_open", board.fallbacks["fast"])
+    assert "Traffic on route default will go to spare, strong." in text
+    assert "Route batch has no other target: its requests will fail fast." in text
+    # Without stored routes it says what happens in general.
+    assert "fall back" in describe_switch("fast", "force_open", [])
+
+
+def test_forcing_closed_a_failing_target_asks_twice_and_says_why(store: Store, qtbot: object) -> None:
+    from app.ui.models.breakers_model import failing_reason
+    from app.ui.pages.breakers import SwitchDialog
+
+    board = load_board(store.engine, now=NOW)
+    fast, strong = board.row("fast"), board.row("strong")
+    assert fast is not None and strong is not None
+    # fast: closed again, but 4 of 10 recorded requests failed; strong: open since its last transition.
+    why_fast = failing_reason(fast)
+    assert why_fast is not None and "4 of 10 requests failed" in why_fast and "40%" in why_fast
+    why_strong = failing_reason(strong)
+    assert why_strong is not None and "its breaker is open" in why_strong and "55% of 40 calls" in why_strong
+    dialog = SwitchDialog("strong", "force_closed", failing=why_strong)
+    qtbot.addWidget(dialog)  # type: ignore[attr-defined]
+    assert dialog.confirm is not None
+    assert not dialog.ok.isEnabled()
+    dialog.reason.setText("provider says it is fixed")
+    assert not dialog.ok.isEnabled()  # a reason is not enough: the operator ticks that they mean it
+    dialog.confirm.setChecked(True)
+    assert dialog.ok.isEnabled()
+    # A healthy target, or forcing open, needs only the reason.
+    calm = SwitchDialog("strong", "force_open", failing=why_strong)
+    qtbot.addWidget(calm)  # type: ignore[attr-defined]
+    assert calm.confirm is None
+
+
+def test_switch_buttons_have_keyboard_mnemonics(store: Store, qtbot: object) -> None:
+    page = BreakersPage()
+    qtbot.addWidget(page)  # type: ignore[attr-defined]
+    texts = {mode: b.text() for mode, b in page.switch_buttons.items()}
+    assert texts == {"force_open": "Force &open…", "force_closed": "Force &closed…", "auto": "Back to &auto…"}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, and_, case, func, select
@@ -19,6 +19,8 @@ from sqlalchemy import Engine, and_, case, func, select
 from app.core import format as fmt
 from app.core.breaker import BreakerSnapshot
 from app.core.event import Failure
+from app.core.routing import Route, Split
+from app.gateway.control import load_config
 from app.ui.qt import QObject, Qt, QtCore
 from storage.engine import transaction
 from storage.models import EVENTS
@@ -94,6 +96,56 @@ class BreakerBoard:
     fetched_at: float
     history_s: float
     live: bool
+    #: Per target, the stored routes that send it traffic and where that traffic goes without it.
+    fallbacks: dict[str, list[tuple[str, list[str]]]] = field(default_factory=dict)
+
+    def row(self, target: str) -> BreakerRow | None:
+        return next((r for r in self.rows if r.target == target), None)
+
+
+def route_fallbacks(routes: Sequence[Route], target: str) -> list[tuple[str, list[str]]]:
+    """For each route that lists ``target``: the targets its traffic goes to when ``target`` is open.
+
+    Those are the other targets of a split ``target`` is in, then the steps after it in the chain
+    (semantics.md section 6), for every rule that names it, in order and without repeats.
+    """
+    out: list[tuple[str, list[str]]] = []
+    for route in routes:
+        found = False
+        nexts: list[str] = []
+        for rule in route.rules:
+            steps = list(rule.chain)
+            for i, step in enumerate(steps):
+                members = list(step.weights) if isinstance(step, Split) else [step]
+                if target not in members:
+                    continue
+                found = True
+                after = [m for m in members if m != target]
+                for later in steps[i + 1 :]:
+                    after.extend(later.weights if isinstance(later, Split) else [later])
+                nexts.extend(t for t in after if t != target and t not in nexts)
+        if found:
+            out.append((route.name, nexts))
+    return out
+
+
+def failing_reason(row: BreakerRow) -> str | None:
+    """Why a target looks unhealthy right now (None when it does not): said before forcing it closed."""
+    parts: list[str] = []
+    if row.state in ("open", "half_open") and (row.forced is None or row.forced.state != "force_open"):
+        since = f" since {fmt_local(row.since)}" if row.since is not None else ""
+        cause = f" ({row.last_cause})" if row.last_cause else ""
+        parts.append(f"its breaker is {STATE_LABELS.get(row.state, row.state)}{since}{cause}")
+    if row.failure_rate is not None and row.requests and row.failure_rate >= FAILING_RATE:
+        parts.append(
+            f"{row.failures} of {row.requests} requests failed in the last {round(row.window_s)} s "
+            f"({row.failure_rate:.0%})"
+        )
+    return "; ".join(parts) or None
+
+
+#: A failure rate at which forcing a target closed asks for confirmation.
+FAILING_RATE = 0.2
 
 
 def _window_counts(engine: Engine, since: float) -> dict[tuple[str, str], tuple[int, int]]:
@@ -192,7 +244,12 @@ def load_board(
                 False,
             )
         )
-    return BreakerBoard(rows, transitions, now, history_s, bool(live))
+    try:
+        routes = load_config(engine).routes
+    except Exception:  # a store whose routes cannot be read still shows its breakers
+        routes = ()
+    fallbacks = {row.target: route_fallbacks(routes, row.target) for row in rows}
+    return BreakerBoard(rows, transitions, now, history_s, bool(live), fallbacks)
 
 
 # --- the targets table ----------------------------------------------------------------------

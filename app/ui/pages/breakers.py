@@ -21,6 +21,7 @@ from app.ui.models.breakers_model import (
     BreakersModel,
     TransitionsModel,
     describe_cause,
+    failing_reason,
     fmt_local,
     load_board,
 )
@@ -243,15 +244,37 @@ EXPIRIES: tuple[tuple[str, float | None], ...] = (
 )
 
 _SWITCH_VERBS = {"force_open": "Force open", "force_closed": "Force closed", "auto": "Back to auto"}
+#: The buttons' labels, with Alt+O / Alt+C / Alt+A (ui.md: every action reachable by keyboard).
+_SWITCH_LABELS = {"force_open": "Force &open…", "force_closed": "Force &closed…", "auto": "Back to &auto…"}
 
 
-def describe_switch(target: str, mode: str) -> str:
-    """What the switch will do, said before it does it (ui.md "Acting safely")."""
+def describe_switch(target: str, mode: str, fallbacks: list[tuple[str, list[str]]] | None = None) -> str:
+    """What the switch will do, said before it does it (ui.md "Acting safely").
+
+    ``fallbacks``: the stored routes that list ``target`` and where their traffic goes without it
+    (:func:`route_fallbacks`); without them the text says what happens in general.
+    """
     if mode == "force_open":
-        return (
-            f"Force the breaker of {target} open: no request goes to {target}; routes that list it "
-            "fall back to their next target (or fail fast when it was the last)."
-        )
+        if not fallbacks:
+            return (
+                f"Force the breaker of {target} open: no request goes to {target}; routes that list it "
+                "fall back to their next target (or fail fast when it was the last)."
+            )
+        moving = [(r, n) for r, n in fallbacks if n]
+        stranded = [r for r, n in fallbacks if not n]
+        parts = [f"Force open {target}: no request goes to {target}."]
+        by_dest: dict[str, list[str]] = {}
+        for route, nexts in moving:
+            by_dest.setdefault(", ".join(nexts), []).append(route)
+        for dest, routes in by_dest.items():
+            parts.append(f"Traffic on {_plural('route', routes)} will go to {dest}.")
+        if stranded:
+            one = len(stranded) == 1
+            parts.append(
+                f"{_plural('Route', stranded)} {'has' if one else 'have'} no other target: "
+                f"{'its' if one else 'their'} requests will fail fast."
+            )
+        return " ".join(parts)
     if mode == "force_closed":
         return (
             f"Force the breaker of {target} closed: requests go to {target} whatever its failure rate "
@@ -260,26 +283,52 @@ def describe_switch(target: str, mode: str) -> str:
     return f"Give the breaker of {target} back to auto: its own counts decide again."
 
 
-class SwitchDialog(QtWidgets.QDialog):
-    """Asks for the reason and the expiry of a breaker switch, after saying what it will do."""
+def _plural(word: str, names: list[str]) -> str:
+    return f"{word}{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
-    def __init__(self, target: str, mode: str, parent: QtWidgets.QWidget | None = None) -> None:
+
+class SwitchDialog(QtWidgets.QDialog):
+    """Asks for the reason and the expiry of a breaker switch, after saying what it will do.
+
+    Forcing closed a target that is failing (``failing``: why it looks unhealthy) shows why and
+    needs one more tick: traffic will go to a target the breaker was protecting callers from.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        mode: str,
+        parent: QtWidgets.QWidget | None = None,
+        *,
+        fallbacks: list[tuple[str, list[str]]] | None = None,
+        failing: str | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle(f"{_SWITCH_VERBS[mode]} — {target}")
+        self.setMinimumWidth(460)
         layout = QtWidgets.QVBoxLayout(self)
-        what = QtWidgets.QLabel(describe_switch(target, mode))
+        what = QtWidgets.QLabel(describe_switch(target, mode, fallbacks))
         what.setWordWrap(True)
         layout.addWidget(what)
+        self.confirm: QtWidgets.QCheckBox | None = None
+        if mode == "force_closed" and failing:
+            warning = QtWidgets.QLabel(f"{target} is failing: {failing}.")
+            warning.setWordWrap(True)
+            warning.setObjectName("warning")
+            warning.setStyleSheet(f"color: {current_colors().bad}; font-weight: 600;")
+            layout.addWidget(warning)
+            self.confirm = QtWidgets.QCheckBox(f"Send traffic to {target} anyway")
+            layout.addWidget(self.confirm)
         form = QtWidgets.QFormLayout()
         self.reason = QtWidgets.QLineEdit()
         self.reason.setPlaceholderText("why (shown on hover and in the audit log)")
-        form.addRow("Reason", self.reason)
+        form.addRow("&Reason", self.reason)
         self.expiry = QtWidgets.QComboBox()
         for label, seconds in EXPIRIES:
             self.expiry.addItem(label, seconds)
         self.expiry.setCurrentIndex(1)
         if mode != "auto":
-            form.addRow("Back to auto", self.expiry)
+            form.addRow("&Back to auto", self.expiry)
         layout.addLayout(form)
         buttons = QtWidgets.QDialogButtonBox(
             QtWidgets.QDialogButtonBox.StandardButton.Ok | QtWidgets.QDialogButtonBox.StandardButton.Cancel
@@ -290,9 +339,18 @@ class SwitchDialog(QtWidgets.QDialog):
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         # A forced state needs a reason: the next operator must know why.
-        if mode != "auto":
-            self.ok.setEnabled(False)
-            self.reason.textChanged.connect(lambda t: self.ok.setEnabled(bool(t.strip())))
+        self._needs_reason = mode != "auto"
+        self.reason.textChanged.connect(self._sync_ok)
+        if self.confirm is not None:
+            self.confirm.toggled.connect(self._sync_ok)
+        self._sync_ok()
+        self.reason.setFocus()
+
+    def _sync_ok(self, *_args: object) -> None:
+        ready = (not self._needs_reason or bool(self.reason.text().strip())) and (
+            self.confirm is None or self.confirm.isChecked()
+        )
+        self.ok.setEnabled(ready)
 
     def expires_in_s(self) -> float | None:
         value = self.expiry.currentData()
@@ -327,9 +385,10 @@ class BreakersPage(QtWidgets.QWidget):
         actions = QtWidgets.QHBoxLayout()
         self.switch_buttons: dict[str, QtWidgets.QPushButton] = {}
         for mode, verb in _SWITCH_VERBS.items():
-            button = QtWidgets.QPushButton(f"{verb}…")
+            button = QtWidgets.QPushButton(_SWITCH_LABELS[mode])
             button.setEnabled(False)
-            button.setToolTip(f"{verb} the selected target's breaker (asks for a reason first)")
+            key = _SWITCH_LABELS[mode].split("&")[1][0].upper()
+            button.setToolTip(f"{verb} the selected target's breaker (asks for a reason first) — Alt+{key}")
             button.clicked.connect(lambda _c=False, m=mode: self.ask_switch(m))
             self.switch_buttons[mode] = button
             actions.addWidget(button)
@@ -492,7 +551,15 @@ class BreakersPage(QtWidgets.QWidget):
         target = self.selected_target()
         if target is None:
             return
-        dialog = SwitchDialog(target, mode, self)
+        board = self.board
+        row = board.row(target) if board is not None else None
+        dialog = SwitchDialog(
+            target,
+            mode,
+            self,
+            fallbacks=board.fallbacks.get(target) if board is not None else None,
+            failing=failing_reason(row) if row is not None else None,
+        )
         if dialog.exec() == QtWidgets.QDialog.DialogCode.Accepted:
             self.switch(target, mode, dialog.reason.text().strip(), dialog.expires_in_s())
 
