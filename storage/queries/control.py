@@ -184,6 +184,64 @@ def list_audit(
         return [AuditEntry(**row._asdict()) for row in conn.execute(stmt)]
 
 
+def search_audit(
+    bind: Bind,
+    *,
+    object_type: str | None = None,
+    name_contains: str | None = None,
+    actor: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    limit: int = 1000,
+) -> list[AuditEntry]:
+    """Audit rows for the audit page's filters, newest first.
+
+    ``name_contains`` matches part of the object name, case-insensitively;
+    ``actor`` is exact; the time range is ``since <= ts < until``.
+    """
+    c = _AUDIT.c
+    stmt = select(_AUDIT)
+    if object_type:
+        stmt = stmt.where(c.object_type == object_type)
+    if name_contains:
+        # LIKE wildcards in what the operator typed are meant literally.
+        escaped = name_contains.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(func.lower(c.object_name).like(f"%{escaped}%", escape="\\"))
+    if actor:
+        stmt = stmt.where(c.actor == actor)
+    if since is not None:
+        stmt = stmt.where(c.ts >= since)
+    if until is not None:
+        stmt = stmt.where(c.ts < until)
+    stmt = stmt.order_by(c.id.desc()).limit(limit)
+    with transaction(bind) as conn:
+        return [AuditEntry(**row._asdict()) for row in conn.execute(stmt)]
+
+
+def get_audit_entry(bind: Bind, audit_id: int) -> AuditEntry | None:
+    """One audit row by id, or ``None``."""
+    with transaction(bind) as conn:
+        row = conn.execute(select(_AUDIT).where(_AUDIT.c.id == audit_id)).first()
+    return AuditEntry(**row._asdict()) if row is not None else None
+
+
+def latest_audit_ids(bind: Bind) -> dict[tuple[str, str], int]:
+    """The id of the newest audit row of every object, by ``(object_type, object_name)``.
+
+    Only an object's newest change can be reverted; the audit page marks those rows.
+    """
+    c = _AUDIT.c
+    stmt = select(c.object_type, c.object_name, func.max(c.id)).group_by(c.object_type, c.object_name)
+    with transaction(bind) as conn:
+        return {(t, n): int(i) for t, n, i in conn.execute(stmt)}
+
+
+def list_audit_actors(bind: Bind) -> list[str]:
+    """Everyone who has made a control change, by name (the audit page's actor filter)."""
+    with transaction(bind) as conn:
+        return [str(a) for (a,) in conn.execute(select(_AUDIT.c.actor).distinct().order_by(_AUDIT.c.actor))]
+
+
 # --- breaker overrides and transitions ---------------------------------------------------
 
 
