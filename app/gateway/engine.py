@@ -46,6 +46,15 @@ Decisions worth knowing (the report lists them too):
   JSON was asked for is returned to the caller but recorded as ``quality_fail``.
 - A caller that cancels (or stops reading a stream) still leaves its one event:
   ``client_error`` with status 499, billed for what a stream had produced.
+- A request that names a prompt (``prompt="NAME"`` or ``"NAME@VERSION"``, variables in
+  ``prompt_vars``) gets the registry's active (or pinned) version rendered into it before
+  anything else looks at it (:func:`app.core.prompts.apply`: system prompt, then the template as
+  the first user message, then the caller's messages; the version's parameters under the
+  request's).  The active versions come with the control state, so a promotion reaches
+  every gateway at the next poll; pinned versions are read once and kept (they never change).
+  A name the registry does not know, on a request that brings its own messages and no
+  variables, is only a label on the event (prompts managed in the caller's code); without
+  messages or with variables it is a 404.
 - Budget warnings are remembered at once and claimed in the store
   (``record_budget_warning``), so two gateways announce a level once between
   them; announced ones are in ``gateway.budget_warnings``, logged, and passed to
@@ -81,12 +90,13 @@ from app.core.budget import Budget, BudgetAction, BudgetWarning, evaluate, perio
 from app.core.cache import ExactCache, cache_key, cacheable
 from app.core.config import ConfigError, ControlConfig, Provider, Target
 from app.core.event import CacheHit, CostSource, Event, Failure
+from app.core.prompts import PromptError, apply, parse_ref
 from app.core.retry import RetryBudget
 from app.core.routing import Decision, OnAllOpen, RequestContext, Route, dry_run, select_chain
 from app.core.tokens import count_messages, count_text
 from app.gateway.cost import Pricer
 from app.gateway.spend import BudgetBook, spend_in_store
-from app.gateway.state import ControlState, load_overrides, load_state, state_from_config
+from app.gateway.state import ControlState, load_overrides, load_prompts, load_state, state_from_config
 from app.gateway.transport import AiohttpTransport
 from app.gateway.writer import StoreWriter
 from app.providers import make_adapter
@@ -111,6 +121,7 @@ from storage.queries.control import (
     list_budget_warnings,
     record_budget_warning,
 )
+from storage.queries.prompts import PromptVersion, get_version
 
 _T = TypeVar("_T")
 
@@ -181,7 +192,9 @@ class GatewayRequest:
     ``system``.  ``params``: temperature, top_p, max_output_tokens (or max_tokens /
     max_completion_tokens), stop, tools, tool_choice, response_format, metadata, and anything
     else the provider takes (passed through as is).  ``deadline_s`` is the caller's own
-    deadline; the route's caps it.
+    deadline; the route's caps it.  ``prompt_name`` (and ``prompt_version`` to pin one) names a
+    registry prompt rendered with ``prompt_vars``; as keywords, ``prompt="NAME@VERSION"`` says
+    both and ``messages`` may then be left out.
     """
 
     route: str
@@ -195,6 +208,7 @@ class GatewayRequest:
     prompt_name: str | None = None
     prompt_version: int | None = None
     deadline_s: float | None = None
+    prompt_vars: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -468,6 +482,7 @@ class Gateway:
         self._warning_listeners: list[Callable[[BudgetWarning], None]] = []
         self._stats = GatewayStats()
         self._in_flight = 0
+        self._pinned: dict[tuple[str, int], PromptVersion] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -623,13 +638,13 @@ class Gateway:
                 "control state version %d does not validate; keeping the previous one:\n%s", version, exc
             )
             try:
-                overrides = await loop.run_in_executor(
-                    self._sync_exec, lambda: load_overrides(engine, now=self._clock())
+                overrides, prompts = await loop.run_in_executor(
+                    self._sync_exec, lambda: (load_overrides(engine, now=self._clock()), load_prompts(engine))
                 )
             except Exception as exc2:
-                log.warning("cannot read breaker overrides: %s", exc2)
+                log.warning("cannot read breaker overrides and prompts: %s", exc2)
                 return
-            state = replace(self._state, overrides=overrides)
+            state = replace(self._state, overrides=overrides, prompts=prompts)
         except Exception as exc:
             log.warning("cannot load control state version %d: %s", version, exc)
             return
@@ -815,6 +830,7 @@ class Gateway:
         ``await gw.chat(route="default", messages=[...], tags={"team": "ml"})``.
         """
         req = _request(req, fields)
+        await self._fetch_pinned(req)
         loop = asyncio.get_running_loop()
         run = _Run(req, self._clock(), loop.time())
         self._in_flight += 1
@@ -860,6 +876,7 @@ class Gateway:
     async def _stream(
         self, req: GatewayRequest
     ) -> AsyncIterator[GatewayStreamStart | StreamEvent | GatewayStreamEnd]:
+        await self._fetch_pinned(req)
         loop = asyncio.get_running_loop()
         run = _Run(req, self._clock(), loop.time())
         run.streaming = True
@@ -1023,6 +1040,9 @@ class Gateway:
             deadline = min(deadline, float(req.deadline_s))
         run.deadline_s = deadline
         run.deadline_at = run.m_start + deadline
+        if req.prompt_name is not None:
+            self._apply_prompt(run, loop)
+            req = run.req
         problem = _check_messages(req.messages)
         if problem is not None:
             raise self._error(run, Failure.CLIENT_ERROR, problem, loop)
@@ -1081,6 +1101,82 @@ class Gateway:
                 run.cache_key = cache_key(f"{route.name}/{chain[0]}", msgs, _key_params(run.template))
             except TypeError:
                 run.cache = "off"  # something unhashable in the request: no caching, no harm
+
+    # --- prompts ------------------------------------------------------------------------------------
+
+    async def _fetch_pinned(self, req: GatewayRequest) -> None:
+        """Read a pinned prompt version the control state does not hold (once: versions never change)."""
+        name, number = req.prompt_name, req.prompt_version
+        if name is None or number is None or self._store is None or (name, number) in self._pinned:
+            return
+        active = self._state.prompts.get(name)
+        if active is not None and active.version == number:
+            return
+        try:
+            found = await asyncio.to_thread(get_version, self._store.engine, name, number)
+        except Exception as exc:  # the request then fails with "no such version", which is honest
+            log.warning("cannot read prompt %s@%s from the store: %s", name, number, exc)
+            return
+        if found is not None:
+            if len(self._pinned) >= 10_000:
+                self._pinned.clear()
+            self._pinned[(name, number)] = found
+
+    def _apply_prompt(self, run: _Run, loop: asyncio.AbstractEventLoop) -> None:
+        """Render the named prompt version into the request (``run.req`` is replaced); GatewayError if it cannot."""
+        req = run.req
+        name, number = req.prompt_name, req.prompt_version
+        assert name is not None
+        prompts = self._state.prompts
+        body = self._pinned.get((name, number)) if number is not None else None
+        if body is None and name not in prompts:
+            if req.messages and not req.prompt_vars:
+                return  # a name the registry does not know, on a whole conversation: a label for the event
+            where = "" if self._store is not None else " (this gateway has no store, and prompts live in it)"
+            raise self._error(
+                run,
+                Failure.CLIENT_ERROR,
+                f"no prompt called {name!r} in the registry{where}",
+                loop,
+                status=404,
+            )
+        if body is None:
+            active = prompts.get(name)
+            if number is None and active is None:
+                raise self._error(
+                    run,
+                    Failure.CLIENT_ERROR,
+                    f"prompt {name!r} has no active version yet: promote one on the Prompts page, "
+                    f"or name a version ({name}@1)",
+                    loop,
+                    status=409,
+                )
+            if active is not None and number in (None, active.version):
+                body = active
+            else:
+                raise self._error(
+                    run, Failure.CLIENT_ERROR, f"prompt {name!r} has no version {number}", loop, status=404
+                )
+        run.req = req = replace(req, prompt_version=body.version)
+        values = req.prompt_vars
+        if not isinstance(values, Mapping):
+            raise self._error(
+                run, Failure.CLIENT_ERROR, "prompt variables must be an object of name: value", loop
+            )
+        if req.messages and _check_messages(req.messages) is not None:
+            return  # _prepare reports the caller's bad messages as usual
+        try:
+            rendered = apply(
+                body,
+                values,
+                messages=req.messages or (),
+                system=req.system,
+                params=req.params or {},
+                where=f"prompt {body.prompt}@{body.version}",
+            )
+        except PromptError as exc:
+            raise self._error(run, Failure.CLIENT_ERROR, str(exc), loop) from None
+        run.req = replace(req, messages=rendered.messages, system=rendered.system, params=rendered.params)
 
     def _count(self, req: GatewayRequest, route: Route) -> tuple[int, bool]:
         model = self._model_hint(route)
@@ -1742,6 +1838,14 @@ class Gateway:
 
 def _request(req: GatewayRequest | None, fields: dict[str, Any]) -> GatewayRequest:
     if req is None:
+        if "prompt" in fields:
+            fields = dict(fields)
+            ref = fields.pop("prompt")
+            if ref is not None:
+                name, number = parse_ref(ref)  # PromptError (a ValueError) names what is wrong
+                fields["prompt_name"], fields["prompt_version"] = name, number
+        if fields.get("prompt_name") is not None:
+            fields.setdefault("messages", [])
         return GatewayRequest(**fields)
     if fields:
         raise TypeError("give a GatewayRequest or keyword fields, not both")

@@ -12,7 +12,10 @@ Endpoints::
 ``x-controlroom-feature``, ``x-controlroom-user`` and ``x-controlroom-tags`` headers (tags as
 ``k=v,k2=v2`` or a JSON object), or from OpenAI's ``user`` and ``metadata`` (``metadata.feature``
 is the feature, the other keys are tags) and Anthropic's ``metadata.user_id``; headers win.
-``x-controlroom-prompt: NAME@VERSION`` and ``x-controlroom-deadline-s: SECONDS`` are optional.
+``x-controlroom-deadline-s: SECONDS`` is optional.  ``x-controlroom-prompt: NAME`` (or ``NAME@VERSION``)
+renders the registry prompt's active (or that) version into the request, with its variables from
+``x-controlroom-prompt-vars`` (a JSON object) and/or the body's ``prompt_vars`` object (the SDKs'
+``extra_body``; the header wins per name); ``messages`` may then be empty (docs/architecture-delta.md).
 Every answer carries ``x-controlroom-target`` (who served it), ``x-controlroom-attempts``,
 ``x-controlroom-cache`` (hit | miss | off) and ``server-timing`` (the gateway's own time and the
 provider call's).
@@ -53,6 +56,7 @@ from aiohttp import web
 
 from app.core.event import Failure
 from app.core.ids import new_event_id
+from app.core.prompts import PromptError, parse_ref
 from app.gateway import metrics
 from app.gateway.engine import (
     Gateway,
@@ -232,6 +236,26 @@ def parse_tags(value: str) -> dict[str, str]:
     return tags
 
 
+def _prompt_vars(headers: Mapping[str, str], body: Mapping[str, Any]) -> dict[str, Any]:
+    """The prompt's variables: the body's ``prompt_vars``, then ``x-controlroom-prompt-vars`` on top."""
+    values = body.get("prompt_vars")
+    if values is not None and not isinstance(values, dict):
+        raise _bad("prompt_vars must be an object of variable names and values", "prompt_vars")
+    out = dict(values or {})
+    header = headers.get("x-controlroom-prompt-vars")
+    if header:
+        try:
+            data = json.loads(header)
+        except ValueError:
+            raise _bad(
+                "x-controlroom-prompt-vars is not valid JSON (send an object of name: value)"
+            ) from None
+        if not isinstance(data, dict):
+            raise _bad("x-controlroom-prompt-vars must be a JSON object of name: value")
+        out.update(data)
+    return out
+
+
 def _context(
     headers: Mapping[str, str], feature: str | None, user: str | None, tags: dict[str, str]
 ) -> dict[str, Any]:
@@ -246,13 +270,10 @@ def _context(
         tags.update(parse_tags(header_tags))
     prompt = headers.get("x-controlroom-prompt")
     if prompt:
-        name, sep, version = prompt.partition("@")
-        out["prompt_name"] = name.strip() or None
-        if sep:
-            try:
-                out["prompt_version"] = int(version)
-            except ValueError:
-                raise _bad("x-controlroom-prompt must be NAME or NAME@VERSION (a whole number)") from None
+        try:
+            out["prompt_name"], out["prompt_version"] = parse_ref(prompt)
+        except PromptError as exc:
+            raise _bad(f"x-controlroom-prompt must be NAME or NAME@VERSION: {exc}") from None
     deadline = headers.get("x-controlroom-deadline-s")
     if deadline:
         try:
@@ -286,8 +307,10 @@ def _route(body: Mapping[str, Any]) -> str:
     return model
 
 
-def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _messages(body: Mapping[str, Any], headers: Mapping[str, str]) -> list[dict[str, Any]]:
     messages = body.get("messages")
+    if headers.get("x-controlroom-prompt") and messages in (None, []):
+        return []  # the prompt's template is the user message
     if not isinstance(messages, list) or not messages:
         raise _bad("messages is required: a non-empty list of messages", "messages")
     for i, m in enumerate(messages):
@@ -306,6 +329,7 @@ _OPENAI_OWN = frozenset(
         "metadata",
         "max_tokens",
         "max_completion_tokens",
+        "prompt_vars",
     }
 )
 
@@ -313,7 +337,7 @@ _OPENAI_OWN = frozenset(
 def openai_request(body: Mapping[str, Any], headers: Mapping[str, str]) -> tuple[GatewayRequest, bool]:
     """An OpenAI chat request -> the engine's request, and whether the stream should end with usage."""
     route = _route(body)
-    messages = _messages(body)
+    messages = _messages(body, headers)
     params = {k: v for k, v in body.items() if k not in _OPENAI_OWN}
     limit = body.get("max_completion_tokens")
     if limit is None:
@@ -335,6 +359,7 @@ def openai_request(body: Mapping[str, Any], headers: Mapping[str, str]) -> tuple
     req = GatewayRequest(route=route, messages=messages, params=params, stream=bool(stream))
     for key, value in _context(headers, feature, user, tags).items():
         setattr(req, key, value)
+    req.prompt_vars = _prompt_vars(headers, body)
     return req, include_usage
 
 
@@ -462,6 +487,7 @@ _ANTHROPIC_OWN = frozenset(
         "stop_sequences",
         "tools",
         "tool_choice",
+        "prompt_vars",
     }
 )
 
@@ -472,7 +498,7 @@ def anthropic_request(body: Mapping[str, Any], headers: Mapping[str, str]) -> Ga
     if "max_tokens" not in body:
         raise _bad("max_tokens: Field required", "max_tokens")
     max_tokens = _positive_int(body["max_tokens"], "max_tokens")
-    messages = anthropic_messages(_messages(body))
+    messages = anthropic_messages(_messages(body, headers))
     params = {k: v for k, v in body.items() if k not in _ANTHROPIC_OWN}
     params["max_output_tokens"] = max_tokens
     stop = body.get("stop_sequences")
@@ -508,6 +534,7 @@ def anthropic_request(body: Mapping[str, Any], headers: Mapping[str, str]) -> Ga
     )
     for key, value in _context(headers, None, user if isinstance(user, str) else None, {}).items():
         setattr(req, key, value)
+    req.prompt_vars = _prompt_vars(headers, body)
     return req
 
 

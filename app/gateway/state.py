@@ -50,6 +50,7 @@ from app.core.config import (
 )
 from app.core.routing import Route, Rule
 from storage.queries import control as q
+from storage.queries.prompts import PromptVersion, active_versions
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class ControlState:
     #: Active operator overrides by target (from the store; empty for a config-only gateway).
     overrides: Mapping[str, tuple[Override, ...]] = field(default_factory=dict)
     source: str = "config"  # "config" | "store"
+    #: Every prompt in the registry with its active version (``None``: none promoted yet).
+    prompts: Mapping[str, PromptVersion | None] = field(default_factory=dict)
 
     def route_for(self, name: str) -> tuple[Route, bool] | None:
         """The route called ``name``, or a one-target route when ``name`` is a target.
@@ -110,6 +113,7 @@ def state_from_config(
     version: int = 0,
     overrides: Mapping[str, tuple[Override, ...]] | None = None,
     source: str = "config",
+    prompts: Mapping[str, PromptVersion | None] | None = None,
 ) -> ControlState:
     return ControlState(
         version=version,
@@ -121,6 +125,7 @@ def state_from_config(
         breakers=cfg.breakers,
         overrides=dict(overrides or {}),
         source=source,
+        prompts=dict(prompts or {}),
     )
 
 
@@ -315,10 +320,18 @@ def load_state(
     """
     version = q.get_control_version(bind)
     overrides = load_overrides(bind, now=now)
+    prompts = load_prompts(bind)
     if config is not None:
-        return state_from_config(config, version=version, overrides=overrides, source="config")
+        return state_from_config(
+            config, version=version, overrides=overrides, source="config", prompts=prompts
+        )
     # breakers.default lives in the audit log (app.gateway.control owns that convention).
     from app.gateway.control import stored_breaker_defaults
 
     cfg = load_config(bind, breakers_default=stored_breaker_defaults(bind))
-    return state_from_config(cfg, version=version, overrides=overrides, source="store")
+    return state_from_config(cfg, version=version, overrides=overrides, source="store", prompts=prompts)
+
+
+def load_prompts(bind: q.Bind) -> dict[str, PromptVersion | None]:
+    """The prompt registry's active versions by prompt name (versions are immutable: safe to share)."""
+    return active_versions(bind)
