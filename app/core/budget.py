@@ -350,3 +350,47 @@ def projection(
         return None
     when = now + (limit - spend) * elapsed / spend
     return when if when <= period_end else None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetOutlook:
+    """Where a budget is heading at its burn rate so far: for the budgets page.
+
+    ``reach_at``: when the first limit (money or tokens) is reached, ``now`` when it already is,
+    ``None`` when not this period.  ``end_ratio``: the use ratio the period would end at (for a
+    rolling window the window slides, so a steady rate keeps today's ratio).
+    """
+
+    period_start: float
+    period_end: float
+    reach_at: float | None
+    end_ratio: float
+    usd_per_hour: float
+    tokens_per_hour: float
+
+
+def budget_outlook(budget: Budget, spend: Spend, now: float) -> BudgetOutlook:
+    """The projection of :func:`projection` for every limit a budget has, and the ratio it ends at."""
+    start, end = period_bounds(budget, now)
+    rolling = parse_period(budget.period).kind == "rolling"
+    elapsed = max(now - start, 0.0)
+    hours = elapsed / 3600.0
+    usd_rate = spend.usd / hours if hours > 0 else 0.0
+    tok_rate = spend.tokens / hours if hours > 0 else 0.0
+    ratio = use_ratio(budget, spend)
+    if rolling:
+        reach = now if ratio >= 1.0 else None
+        return BudgetOutlook(start, end, reach, ratio, usd_rate, tok_rate)
+    times = []
+    if budget.limit_usd:
+        times.append(projection(spend.usd, start, now, end, budget.limit_usd))
+    if budget.limit_tokens:
+        times.append(projection(float(spend.tokens), start, now, end, float(budget.limit_tokens)))
+    known = [t for t in times if t is not None]
+    reach = min(known) if known else None
+    if elapsed > 0:
+        scale = (end - start) / elapsed
+        end_ratio = use_ratio(budget, Spend(spend.usd * scale, round(spend.tokens * scale)))
+    else:
+        end_ratio = ratio
+    return BudgetOutlook(start, end, reach, max(end_ratio, ratio), usd_rate, tok_rate)

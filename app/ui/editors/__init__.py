@@ -1,0 +1,7 @@
+"""Widgets shared by the editors (routing, budgets, ...): a field that shows its own problem,
+a banner for problems that belong to no one field (or a stale save, with Reload), and the save
+bar that asks for the reason every audited change needs."""
+
+from app.ui.editors.fields import FieldError, ProblemBanner, SaveBar, ask_confirmation, mark_invalid
+
+__all__ = ["FieldError", "ProblemBanner", "SaveBar", "ask_confirmation", "mark_invalid"]
