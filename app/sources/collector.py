@@ -15,8 +15,14 @@ on its runtime thread.  What it runs:
 - every ``compact_every_s``: :func:`storage.queries.compaction.compact_rollups`
   (the history tiers charts read), and every ``retain_every_s``:
   :func:`~storage.queries.compaction.apply_retention`;
-- every ``reload_every_s``: the configs again; a source whose settings
-  changed is restarted, a removed or paused one stopped, a new one started.
+- every ``reload_every_s``, and within ``watch_every_s`` of any control
+  change (source edits are audited and bump the control version): the configs
+  again; a source whose settings changed is restarted, a removed or paused one
+  stopped, a new one started.
+
+:meth:`Collector.reports` gives the sources page and the status bar what they
+show per source (state, events/s, lag, last error, origin);
+:func:`source_problems` checks a config field by field before it is saved.
 
 Every source writes through one :class:`~app.sources.pipeline.Pipeline` (the
 one writer).  ``start()`` and ``aclose()`` run on the caller's event loop.
@@ -28,9 +34,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import re
 import time
+import urllib.parse
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +54,7 @@ from storage.queries.compaction import (
     apply_retention,
     compact_rollups,
 )
+from storage.queries.control import get_control_version
 from storage.queries.source_configs import SOURCE_KINDS, SourceConfig, list_source_configs
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,8 @@ TODAY_EVERY_S = 900.0
 _DAY = 86_400
 _RESTART_MIN_S = 1.0
 _RESTART_MAX_S = 60.0
+#: Seconds of ingest counts behind a source's events/s.
+_RATE_WINDOW_S = 5.0
 
 
 class SourceFileError(ValueError):
@@ -134,6 +147,148 @@ def parse_source_list(data: Any, *, where: str) -> list[SourceConfig]:
     return out
 
 
+#: What each kind's settings may hold (the sources page offers these fields).
+SETTINGS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "jsonl": ("path", "format", "poll_interval"),
+    "otlp": ("listen", "max_body_bytes"),
+    "http_poll": (
+        "url", "format", "cursor_param", "cursor_field", "cursor_header", "cursor_record_field",
+        "records_field", "has_more_field", "initial_cursor", "params", "headers", "token", "interval_s",
+        "timeout_s", "backoff_base_s", "max_backoff_s", "lag_after_s", "max_pages_per_poll",
+        "max_response_bytes",
+    ),
+    "usage_api": (
+        "provider", "admin_key", "interval_s", "lookback_days", "backfill_days", "timeout_s",
+        "backoff_base_s", "max_backoff_s",
+    ),
+}  # fmt: skip
+_USAGE_KINDS = ("openai", "anthropic")
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, str) and bool(
+        re.fullmatch(r"keyring(:[A-Za-z0-9._/-]{1,128})?|env:[A-Za-z_][A-Za-z0-9_]*|none", value)
+    )
+
+
+def _positive(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value > 0
+
+
+def _format_problem(value: Any) -> str | None:
+    from app.sources.formats import FORMAT_NAMES, get_format
+
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        return f"a format name ({', '.join(FORMAT_NAMES)}) or a mapping file"
+    try:
+        get_format(os.path.expanduser(value))
+    except Exception as exc:  # MappingError, a file that cannot be read
+        return str(exc)
+    return None
+
+
+def source_problems(config: SourceConfig, providers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Every problem with ``config``, keyed by the field it concerns (``""``: the whole source).
+
+    ``providers`` maps the store's provider names to their kinds (a usage source names one).
+    The sources page shows each message at its field; the checks are those the running
+    source makes, so a config that passes here starts.
+    """
+    out: dict[str, str] = {}
+
+    def add(key: str, message: str) -> None:
+        out[key] = f"{out[key]}; {message}" if key in out else message
+
+    for problem in config.check():
+        key = "name" if problem.startswith("name ") else "kind" if problem.startswith("kind ") else ""
+        if problem.startswith("settings."):
+            key = problem.split(" ", 1)[0].removeprefix("settings.")
+        add(key, problem)
+    if "kind" in out or not isinstance(config.settings, Mapping):
+        return out
+    s = dict(config.settings)
+    for key in sorted(set(s) - set(SETTINGS_BY_KIND[config.kind])):
+        add("", f"unknown setting {key!r} for a {config.kind} source")
+    if config.kind == "jsonl":
+        path = s.get("path")
+        if not isinstance(path, str) or not path.strip():
+            add("path", "the file to follow is required, e.g. /var/log/app/llm.jsonl")
+        elif not os.path.isabs(os.path.expanduser(path)):
+            add(
+                "path",
+                "use a full path (starting with / or ~), so it does not depend on where the app started",
+            )
+        elif os.path.isdir(os.path.expanduser(path)):
+            add("path", "this is a directory: name the JSONL file in it")
+        if (bad_format := _format_problem(s.get("format"))) is not None:
+            add("format", bad_format)
+        if "poll_interval" in s and not _positive(s["poll_interval"]):
+            add("poll_interval", "a positive number of seconds")
+    elif config.kind == "otlp":
+        from app.sources.otlp import parse_listen
+
+        try:
+            parse_listen(str(s.get("listen", "")) or "127.0.0.1:4318")
+        except ValueError as exc:
+            add("listen", str(exc))
+        if "max_body_bytes" in s and (type(s["max_body_bytes"]) is not int or s["max_body_bytes"] <= 0):
+            add("max_body_bytes", "a positive whole number of bytes")
+    elif config.kind == "http_poll":
+        from app.sources.http_poll import HttpPollConfig
+
+        url = s.get("url")
+        if not isinstance(url, str) or urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            add("url", "an http:// or https:// URL of the endpoint, e.g. http://127.0.0.1:9100/events")
+        elif not urllib.parse.urlsplit(url).hostname:
+            add("url", "the URL has no host")
+        if (bad_format := _format_problem(s.get("format"))) is not None:
+            add("format", bad_format)
+        if "cursor_param" in s and (not isinstance(s["cursor_param"], str) or not s["cursor_param"].strip()):
+            add("cursor_param", "the query parameter that carries the cursor, e.g. after")
+        if "token" in s and s["token"] is not None and not _is_ref(s["token"]):
+            add("token", "a reference (keyring, keyring:ENTRY, env:VAR or none), never the token itself")
+        for key in ("interval_s", "timeout_s", "lag_after_s"):
+            if key in s and not _positive(s[key]):
+                add(key, "a positive number of seconds")
+        if not out:
+            try:
+                HttpPollConfig.from_settings(s, where="")
+            except ValueError as exc:
+                add("", str(exc).removeprefix(": "))
+    elif config.kind == "usage_api":
+        from app.sources.usage_api import UsageApiConfig
+
+        provider = s.get("provider")
+        kind = (providers or {}).get(provider) if isinstance(provider, str) else None
+        if not isinstance(provider, str) or not provider:
+            add("provider", "the provider whose usage and costs to read (an OpenAI or Anthropic provider)")
+        elif providers is not None and kind is None:
+            add("provider", f"no provider named {provider!r}: add it on the Providers page first")
+        elif providers is not None and kind not in _USAGE_KINDS:
+            add("provider", f"{provider} is {kind}: usage and cost APIs exist only for OpenAI and Anthropic")
+        if "admin_key" in s and not _is_ref(s["admin_key"]):
+            add("admin_key", "a reference (keyring or env:VAR), never the key itself")
+        if "interval_s" in s and not _positive(s["interval_s"]):
+            add("interval_s", "a positive number of seconds")
+        for key in ("lookback_days", "backfill_days"):
+            if key in s and (type(s[key]) is not int or not 1 <= s[key] <= 400):
+                add(key, "a whole number of days from 1 to 400")
+        if not out:
+            rest = {k: v for k, v in s.items() if k not in ("provider", "admin_key")}
+            try:
+                UsageApiConfig(
+                    provider=str(provider),
+                    kind=kind or "openai",
+                    admin_key=s.get("admin_key") or "keyring",
+                    **rest,
+                )
+            except (TypeError, ValueError) as exc:
+                add("", str(exc))
+    return out
+
+
 @dataclass
 class _Running:
     """One configured source and the task running it."""
@@ -145,6 +300,18 @@ class _Running:
     error: str | None = None  # why it could not be built or started
     stopping: bool = False
     restarts: int = 0
+    samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+
+    def sample(self, now: float, ingested: int) -> float:
+        """Record the ingest count at ``now`` and return events/s over the last few seconds."""
+        samples = self.samples
+        if samples and ingested < samples[-1][1]:  # the source restarted: its count began again
+            samples.clear()
+        samples.append((now, ingested))
+        while len(samples) > 2 and now - samples[1][0] >= _RATE_WINDOW_S:
+            samples.popleft()
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 - t0 >= 0.5 else 0.0
 
     def status(self) -> SourceStatus:
         if self.source is not None:
@@ -157,6 +324,75 @@ class _Running:
         return SourceStatus(
             self.config.name, self.config.kind, state, last_error=self.error, detail=self.origin
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SourceReport:
+    """One source as the sources page and the status bar show it."""
+
+    name: str
+    kind: str
+    state: SourceState
+    origin: str  # "store", a config file's path, "--otlp" or "provider"
+    paused: bool
+    ingested: int
+    duplicates: int
+    rejected: int
+    events_per_s: float
+    lag: str  # "up to date", "1.2 MB behind", "catching up for 40 s", "" when it does not apply
+    last_error: str | None
+    last_event_at: float | None
+    detail: str
+    restarts: int
+    quarantine_keys: tuple[str, ...]  # the quarantine's ``source`` values of its records
+
+    @property
+    def healthy(self) -> bool:
+        """Running (or starting) without an error; a paused source is neither healthy nor failing."""
+        return self.state in (SourceState.RUNNING, SourceState.STARTING) and not self.last_error
+
+
+def quarantine_keys(config: SourceConfig) -> tuple[str, ...]:
+    """Under which names a source's bad records are quarantined (a file source uses its path's key)."""
+    if config.kind == "jsonl" and isinstance(config.settings.get("path"), str):
+        from app.sources.jsonl import source_key
+
+        return (source_key(os.path.expanduser(config.settings["path"])),)
+    return (config.name,)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _lag(entry: _Running, now: float) -> str:
+    """How far behind its input a running source is, in the input's own terms."""
+    src, kind = entry.source, entry.config.kind
+    if src is None or entry.task is None or entry.task.done():
+        return ""
+    if kind == "jsonl":
+        from app.sources.jsonl import file_identity
+
+        try:
+            st = os.stat(src.path)
+        except OSError:
+            return "waiting for the file"
+        committed = getattr(src, "committed", None)
+        offset = committed.offset if committed is not None and committed.identity == file_identity(st) else 0
+        behind = max(0, st.st_size - offset)
+        return "up to date" if behind == 0 else f"{_fmt_bytes(behind)} behind"
+    detail = getattr(src, "detail", None)
+    health = getattr(getattr(detail, "health", None), "value", None)
+    if kind == "http_poll" and detail is not None:
+        if health == "lagging" and detail.behind_since is not None:
+            return f"catching up for {now - detail.behind_since:.0f} s"
+        return "up to date" if health == "connected" else ""
+    if kind == "usage_api" and detail is not None and detail.last_success_at is not None:
+        return f"polled {max(0.0, now - detail.last_success_at) / 60:.0f} min ago"
+    return ""  # OTLP is pushed to us: nothing to be behind on
 
 
 @dataclass
@@ -185,6 +421,7 @@ class Collector:
         compact_every_s: float | None = 60.0,
         retain_every_s: float | None = 3600.0,
         reload_every_s: float | None = 5.0,
+        watch_every_s: float | None = 0.5,
         retention: RetentionPolicy = DEFAULT_RETENTION,
     ) -> None:
         self.store = store
@@ -194,6 +431,7 @@ class Collector:
         self.compact_every_s = compact_every_s
         self.retain_every_s = retain_every_s
         self.reload_every_s = reload_every_s
+        self.watch_every_s = watch_every_s
         self.retention = retention
         self.maintenance = MaintenanceStats()
         self._pipeline = pipeline
@@ -205,6 +443,8 @@ class Collector:
         self._closing = False
         self._reload_lock = asyncio.Lock()
         self._today_rebuilt_at = 0.0
+        self._version: int | None = None
+        self._start_done: asyncio.Event | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -220,9 +460,19 @@ class Collector:
         and ``ValueError`` for a bad ``otlp`` address; a single source that
         cannot start does not raise (see :meth:`statuses`).
         """
-        if self._started:
+        if self._started or self._start_done is not None:
             return
-        configs = self._desired_configs()  # a bad file or address fails here, before anything runs
+        self._start_done = asyncio.Event()
+        try:
+            await self._start()
+        finally:
+            self._start_done.set()
+
+    async def _start(self) -> None:
+        # Store reads go to a thread: the app's runtime loop also runs the gateway.
+        self._version = await asyncio.to_thread(get_control_version, self.store.engine)
+        # A bad file or address fails here, before anything runs.
+        configs = await asyncio.to_thread(self._desired_configs)
         if self._pipeline is None:
             self._pipeline = Pipeline(self.store, live=self._live)
         if self._own_pipeline:
@@ -234,13 +484,21 @@ class Collector:
             (self.compact_every_s, self.compact_now, "compact"),
             (self.retain_every_s, self.retain_now, "retain"),
             (self.reload_every_s, self.reload, "reload"),
+            (self.watch_every_s, self._watch_version, "watch"),
         ):
             if every is not None and every > 0:
                 self._tasks.append(asyncio.create_task(self._every(every, job), name=f"collector-{name}"))
 
     async def aclose(self) -> None:
-        """Stop every source (letting in-flight writes finish), the maintenance loops, and an owned pipeline."""
+        """Stop every source (letting in-flight writes finish), the maintenance loops, and an owned pipeline.
+
+        Called while :meth:`start` is still under way (the app quitting at once), it waits for the
+        start to finish first, so nothing is left running.
+        """
+        if self._start_done is not None and not self._start_done.is_set():
+            await self._start_done.wait()
         if not self._started or self._closing:
+            self._start_done = None
             return
         self._closing = True
         for task in self._tasks:
@@ -252,6 +510,7 @@ class Collector:
             await asyncio.to_thread(self._pipeline.stop)
         self._started = False
         self._closing = False
+        self._start_done = None
 
     async def __aenter__(self) -> Collector:
         await self.start()
@@ -274,6 +533,35 @@ class Collector:
         """Every configured source's status, by name."""
         return [self._running[name].status() for name in sorted(self._running)]
 
+    def reports(self, now: float | None = None) -> list[SourceReport]:
+        """Every configured source as the UI shows it: status, events/s, lag, origin.  Call on the loop."""
+        wall = time.time() if now is None else now
+        mono = time.monotonic()
+        out = []
+        for name in sorted(self._running):
+            entry = self._running[name]
+            st = entry.status()
+            out.append(
+                SourceReport(
+                    name=st.name,
+                    kind=st.kind,
+                    state=st.state,
+                    origin=entry.origin,
+                    paused=entry.config.paused,
+                    ingested=st.ingested,
+                    duplicates=st.duplicates,
+                    rejected=st.rejected,
+                    events_per_s=entry.sample(mono, st.ingested),
+                    lag=_lag(entry, wall),
+                    last_error=st.last_error,
+                    last_event_at=st.last_event_at,
+                    detail=st.detail,
+                    restarts=entry.restarts,
+                    quarantine_keys=quarantine_keys(entry.config),
+                )
+            )
+        return out
+
     def source(self, name: str) -> Any:
         """The running source object named ``name`` (``None`` when it is not running)."""
         entry = self._running.get(name)
@@ -282,7 +570,7 @@ class Collector:
     async def reload(self) -> None:
         """Read the configs again; restart what changed, stop what went, start what came."""
         try:
-            configs = self._desired_configs()
+            configs = await asyncio.to_thread(self._desired_configs)
         except Exception as exc:  # keep running what runs; say why the new configs were not taken
             self.maintenance.last_reload_error = str(exc)
             log.warning("collector: not reloading sources: %s", exc)
@@ -365,7 +653,7 @@ class Collector:
             if unknown or not isinstance(s.get("path"), str):
                 raise ValueError("a jsonl source needs path (a file) and takes format and poll_interval")
             return JsonlTail(
-                s["path"],
+                os.path.expanduser(s["path"]),
                 s.get("format"),
                 name=config.name,
                 poll_interval=float(s.get("poll_interval", 0.25)),
@@ -477,6 +765,20 @@ class Collector:
             return
         self.maintenance.retentions += 1
         self.maintenance.last_retention_error = None
+
+    async def _watch_version(self) -> None:
+        """Reload as soon as the control version moves (a source edited, paused or removed)."""
+        try:
+            version = await asyncio.to_thread(get_control_version, self.store.engine)
+        except Exception as exc:  # the store is busy or gone for a moment: the next look will tell
+            log.debug("collector: control version unavailable: %s", exc)
+            return
+        if version != self._version:
+            self._version = version
+            await self.reload()
+        for entry in list(self._running.values()):  # events/s keeps moving without a viewer
+            if entry.source is not None:
+                entry.sample(time.monotonic(), entry.status().ingested)
 
     async def _every(self, seconds: float, job: Any) -> None:
         while True:
@@ -600,9 +902,12 @@ __all__ = [
     "Collector",
     "MaintenanceStats",
     "SourceFileError",
+    "SourceReport",
     "collect",
     "format_status",
     "load_source_file",
     "parse_source_list",
+    "quarantine_keys",
     "run_collect",
+    "source_problems",
 ]

@@ -9,7 +9,7 @@ transaction as the batch they came with.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +83,14 @@ def count_quarantined(bind: Engine | Connection, source: str | None = None) -> i
         return int(conn.execute(stmt).scalar_one())
 
 
+def count_quarantined_by_source(bind: Engine | Connection) -> dict[str, int]:
+    """Rows per source (the sources page's "quarantined" column); sources with none are absent."""
+    c = QUARANTINE.c
+    stmt = select(c.source, func.count()).group_by(c.source)
+    with transaction(bind) as conn:
+        return {str(source): int(n) for source, n in conn.execute(stmt)}
+
+
 def quarantine_reasons(bind: Engine | Connection, source: str | None = None) -> dict[str, int]:
     """Rows per reason category (the reason's text before its first colon)."""
     stmt = select(QUARANTINE.c.reason)
@@ -100,16 +108,23 @@ def fetch_quarantined(
     bind: Engine | Connection,
     *,
     source: str | None = None,
+    sources: Sequence[str] | None = None,
     limit: int = 100,
     before_id: int | None = None,
 ) -> list[QuarantinedRecord]:
-    """Newest first; page with ``before_id`` = the last record's id."""
+    """Newest first; page with ``before_id`` = the last record's id.
+
+    ``source`` keeps one source's records, ``sources`` those of any of several
+    (a source config may write under more than one name); both ``None``: all.
+    """
     if limit <= 0:
         raise ValueError("limit must be positive")
     c = QUARANTINE.c
     stmt = select(c.id, c.source, c.position, c.reason, c.excerpt, c.ts)
     if source is not None:
         stmt = stmt.where(c.source == source)
+    if sources is not None:
+        stmt = stmt.where(c.source.in_(list(sources)))
     if before_id is not None:
         stmt = stmt.where(c.id < before_id)
     stmt = stmt.order_by(c.id.desc()).limit(limit)
@@ -126,6 +141,7 @@ def delete_quarantined_before(bind: Engine | Connection, ts: float) -> int:
 __all__ = [
     "QuarantinedRecord",
     "count_quarantined",
+    "count_quarantined_by_source",
     "delete_quarantined_before",
     "fetch_quarantined",
     "insert_quarantined",
