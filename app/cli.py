@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gateway_parsers(sub)
     _add_ingest_parser(sub)
     _add_collect_parser(sub)
+    from app.experiments.cli import add_ab_parser  # argparse only: the runner loads when it runs
+
+    add_ab_parser(sub)
     return parser
 
 
@@ -219,6 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cmd_ingest(args)
     if command == "collect":
         return _cmd_collect(args)
+    if command == "ab":
+        from app.experiments.cli import run_ab_command
+
+        return run_ab_command(args)
     parser.print_help()
     return EXIT_USAGE
 
