@@ -26,6 +26,8 @@ SMOKE_WAIT_S = 60.0
 DEMO_SMOKE_WAIT_S = 20.0
 #: Live demo events --smoke --demo waits for: a few seconds of traffic, so the charts show a shape.
 DEMO_SMOKE_EVENTS = 10
+#: How often the status bar and the Sources page get the collector's source statuses.
+SOURCE_STATUS_MS = 1000
 
 
 @dataclass
@@ -58,6 +60,15 @@ class ControlRoom(QtCore.QObject):
         self.keyring_ok: bool | None = None
         self.smoke_check: dict[str, Any] | None = None
         self._startup_pending = 0
+        # The configured sources and rollup maintenance (the code `controlroom collect` runs), on the
+        # runtime thread, writing through one pipeline that the demo shares: one writer per store.
+        self.pipeline: Any = None
+        self.collector: Any = None
+        self.collector_error: str | None = None
+        self._status_pending = False
+        self._sources_timer = QTimer(self)
+        self._sources_timer.setInterval(SOURCE_STATUS_MS)
+        self._sources_timer.timeout.connect(self._poll_sources)
         # Demo mode (--demo / --demo-if-empty): feeds the live aggregator the charts read.
         self.demo = DemoControl(self.bridge, self.window, getattr(self, "live", None))
 
@@ -91,8 +102,52 @@ class ControlRoom(QtCore.QObject):
     def _on_store_open(self, store: Any) -> None:
         self.store = store
         self.window.status.set_store(store_label(store), store.url)
+        self._start_collector(store)
         self.demo.start_if_wanted(store, demo=self.options.demo, demo_if_empty=self.options.demo_if_empty)
         self._step_done()
+
+    # -- sources ------------------------------------------------------------------
+    def _start_collector(self, store: Any) -> None:
+        """Run the configured sources and the history compaction, as `controlroom collect` does."""
+        from app.sources.collector import Collector
+        from app.sources.pipeline import Pipeline
+
+        self.pipeline = Pipeline(store, live=self.live)
+        self.pipeline.start()
+        # The demo's events take the same pipeline (it leaves starting and stopping it to us).
+        self.demo.demo_kwargs.setdefault("pipeline", self.pipeline)
+        self.collector = Collector(store, pipeline=self.pipeline)
+        self.bridge.run(self.collector.start(), self._on_collector_started, self._on_collector_error)
+
+    def _on_collector_started(self, _result: object) -> None:
+        self.collector_error = None
+        self._poll_sources()
+        self._sources_timer.start()
+
+    def _on_collector_error(self, exc: BaseException) -> None:
+        self.collector_error = f"{type(exc).__name__}: {exc}"
+        log.error("the sources could not start: %s", self.collector_error)
+        self.window.status.set_sources(0, 1, f"The sources could not start: {self.collector_error}")
+        self._sources_timer.start()  # its reload keeps trying; statuses show what runs
+
+    def _poll_sources(self) -> None:
+        collector = self.collector
+        if collector is None or self._status_pending:
+            return
+        self._status_pending = True
+
+        async def reports() -> Any:
+            return collector.reports()
+
+        def done(result: Any) -> None:
+            self._status_pending = False
+            self.window.show_source_statuses(result)
+
+        def failed(exc: BaseException) -> None:
+            self._status_pending = False
+            log.debug("source statuses unavailable: %s", exc)
+
+        self.bridge.run(reports(), done, failed)
 
     def _on_store_error(self, exc: BaseException) -> None:
         self.store_error = f"{type(exc).__name__}: {exc}"
@@ -122,12 +177,29 @@ class ControlRoom(QtCore.QObject):
     # -- shut-down ----------------------------------------------------------------
     def shutdown(self) -> None:
         self.window.save_state()
+        self._sources_timer.stop()
         self.demo.shutdown()
         self.window.feed.stop()
+        self._stop_collector()
         if self.store is not None:
             self.runtime.run(asyncio.to_thread(self.store.close), timeout=10)
         self.runtime.stop()
         self.window.status.set_runtime(self.runtime.state.value)
+
+    def _stop_collector(self) -> None:
+        """Stop the sources (in-flight writes finish), then the pipeline once nothing feeds it.  Blocks."""
+        collector, self.collector = self.collector, None
+        if collector is not None:
+            try:
+                self.runtime.run(collector.aclose(), timeout=30)
+            except Exception as exc:
+                log.warning("the sources did not stop cleanly: %s", exc)
+        pipeline, self.pipeline = self.pipeline, None
+        if pipeline is not None:
+            try:
+                pipeline.stop(timeout=30)
+            except Exception as exc:
+                log.warning("the ingest writer did not stop cleanly: %s", exc)
 
 
 def store_label(store: Any) -> str:

@@ -231,6 +231,25 @@ class MainWindow(QtWidgets.QMainWindow):
         if hasattr(events, "set_filter_state"):
             events.set_filter_state(self.filters.state)
 
+    def show_source_statuses(self, reports: list[object]) -> None:
+        """The collector's sources (``SourceReport``s): the status bar's count, the rail's badge, the page."""
+        active = [r for r in reports if not getattr(r, "paused", False)]
+        failing = [r for r in active if not getattr(r, "healthy", True)]
+        lines = [
+            f"{getattr(r, 'name', '?')}: {getattr(r, 'state', '')}"
+            + (f" — {r.last_error}" if getattr(r, "last_error", None) else "")  # type: ignore[attr-defined]
+            for r in reports
+        ]
+        self.status.set_sources(len(active) - len(failing), len(active), "\n".join(lines))
+        for row, spec in enumerate(PAGES):
+            if spec.key == "sources":  # ui.md: the rail shows a badge where a source is failing
+                item = self.rail.item(row)
+                item.setText(f"{spec.title}  ⚠ {len(failing)}" if failing else spec.title)
+        page = self.pages.get("sources")
+        apply = getattr(page, "apply_reports", None)
+        if callable(apply):
+            apply(reports)
+
     # Pages that show traffic read the filter bar; elsewhere it is greyed out (ui.md).
     FILTERED_PAGES: frozenset[str] = frozenset({"overview", "traffic", "events"})
 
