@@ -9,7 +9,17 @@ Nothing here waits on the GUI thread:
   combos offer come from the store through :class:`~app.ui.bridge.Bridge`.
 
 Results come back as signals, so pages only ever run ``setData`` with arrays
-that are already built.  A request is dropped when a newer one was made in the
+that are already built: the worker also derives every chart's series
+(:meth:`TrafficFrame.chart_series`: rates, hit rate, cost per minute), so a
+refresh on the GUI thread is ``setData`` and a header per chart, nothing else.
+
+The first time a live aggregator is attached the app has finished starting
+up, and :func:`freeze_startup_objects` moves everything allocated so far
+(modules, widgets, pyqtgraph's items: a couple of hundred thousand objects)
+out of the cyclic garbage collector's reach.  A full collection holds the GIL
+for as long as it walks, about 0.6 us an object: over everything, that was a
+GUI stall of 100+ ms whenever one ran; over what the app allocates after
+start-up, it is a few ms.  A request is dropped when a newer one was made in the
 meantime (the operator changed a filter), so a slow answer never overwrites
 a fresh one.
 """
@@ -18,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import logging
 import math
 import time
@@ -45,10 +56,10 @@ STORE_INTERVAL_S = 15.0
 #: How often the filter combos learn the values seen in live traffic (a pass over every cell of
 #: the window: at 20,000 events/s that is hundreds of thousands, so not often).
 DIMS_INTERVAL_S = 60.0
-#: How often the Overview's p95 is merged again, and over how many seconds.  Merging every
-#: cell's latency bins holds the GIL in numpy for a while (about 200 ms for 5 minutes at 20,000
-#: events/s, which the GUI thread feels), so the tile reads the last minute, every 15 s.
-PERCENTILES_INTERVAL_S = 15.0
+#: How often the Overview's p95 is merged again, and over how many seconds (merging a minute of
+#: every cell's latency bins takes a few ms at 20,000 events/s: a histogram of bin keys).  Until
+#: a value is known it is asked on every refresh, so the tile reads from the first seconds seen.
+PERCENTILES_INTERVAL_S = 5.0
 P95_WINDOW_S = 60
 #: Seconds per period of the Overview's "change against the previous period".
 OVERVIEW_PERIOD_S = 300
@@ -128,6 +139,7 @@ class TrafficFrame:
     #: Live: spend in the 60 s ending at each second (NaN where less than a minute is known).
     cost_min: F64 | None = None
     made_at: float = field(default_factory=time.time)
+    _chart_series: dict[str, dict[str, F64]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def live(self) -> bool:
@@ -158,6 +170,27 @@ class TrafficFrame:
 
     def is_empty(self) -> bool:
         return not bool(np.any(self.requests))
+
+    def chart_series(self) -> dict[str, dict[str, F64]]:
+        """Every Traffic chart's series, by chart key and series key, as drawn (rates in this frame's unit).
+
+        Built once per frame (the live feed builds it on its worker thread) and kept.
+        """
+        if self._chart_series is None:
+            r = self.rate
+            with np.errstate(invalid="ignore", divide="ignore"):
+                hit_rate = np.where(self.requests > 0, self.cache_hits / self.requests, np.nan)
+            self._chart_series = {
+                "requests": {"requests": r(self.requests), "errors": r(self.errors)},
+                "latency": dict(self.latency_ms),
+                "ttft": dict(self.ttft_ms),
+                "failures": {f.value: r(self.failures[f]) for f in FAILURE_TYPES},
+                "cost": {"cost": self.cost_per_min},
+                "spend": {"spend": self.spend_day_usd},
+                "tokens": {"input": r(self.input_tokens), "output": r(self.output_tokens)},
+                "cache": {"hits": r(self.cache_hits), "hit_rate": hit_rate},
+            }
+        return self._chart_series
 
 
 def live_frame(
@@ -260,6 +293,12 @@ def history_frame(engine: Any, state: FilterState, *, now: float | None = None) 
         ttft_ms={"p50": v["ttft_p50"], "p95": v["ttft_p95"]},
         spend_day_usd=spend,
     )
+
+
+def _history_with_series(engine: Any, state: FilterState) -> TrafficFrame:
+    frame = history_frame(engine, state)
+    frame.chart_series()  # off the GUI thread, like live frames
+    return frame
 
 
 def read_store_facts(engine: Any, state: FilterState, *, now: float | None = None) -> StoreFacts:
@@ -385,6 +424,23 @@ def overview_p95(live: LiveAggregator, flt: LiveFilter, *, now: float | None = N
     )
 
 
+_frozen = False
+
+
+def freeze_startup_objects() -> None:
+    """Move every object allocated so far out of the cyclic GC's reach (once per process).
+
+    They stay alive as long as they are referenced; they are just not walked by
+    every full collection again.  Called when a live aggregator is first attached.
+    """
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()  # what is garbage now should be freed, not frozen
+    gc.freeze()
+
+
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
@@ -468,6 +524,7 @@ class LiveFeed(QObject):
     ) -> None:
         if live is not None:
             self.live = live
+            freeze_startup_objects()
         if bridge is not None:
             self.bridge = bridge
         if store is not None:
@@ -538,7 +595,8 @@ class LiveFeed(QObject):
         dims_due = now - self._last_dims >= DIMS_INTERVAL_S
         if dims_due:
             self._last_dims = now
-        pct_due = overview and (now - self._last_pct >= PERCENTILES_INTERVAL_S or self._p95 is None)
+        known = self._p95 is not None and math.isfinite(self._p95[0])
+        pct_due = overview and (now - self._last_pct >= PERCENTILES_INTERVAL_S or not known)
         if pct_due:
             self._last_pct = now
         held_p95 = self._p95
@@ -546,6 +604,8 @@ class LiveFeed(QObject):
         def work() -> tuple[Any, ...]:
             started = time.perf_counter()
             frame = live_frame(live, state, facts) if frames else None
+            if frame is not None:
+                frame.chart_series()  # here, not on the GUI thread
             p95 = overview_p95(live, state.live_filter()) if pct_due else held_p95
             snap = overview_snapshot(live, state.live_filter(), facts, p95=p95) if overview else None
             dims = {d: live.dimension_values(d) for d in DIMENSIONS} if dims_due else None
@@ -606,7 +666,7 @@ class LiveFeed(QObject):
         if not state.live and not self._history_busy:
             self._history_busy = True
             self.bridge.run(
-                asyncio.to_thread(history_frame, store.engine, state),
+                asyncio.to_thread(_history_with_series, store.engine, state),
                 lambda frame: self._on_history(gen, frame),
                 lambda exc: self._on_store_error(gen, "history", exc, "history"),
             )

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from app.core import format as fmt
 from app.core.event import FAILURE_TYPES
 from app.ui.charts import Crosshair, SeriesSpec, TimeChart, local_utc_offset_label, pg
@@ -419,19 +417,7 @@ class TrafficPage(QtWidgets.QWidget):
     @staticmethod
     def series_of(frame: TrafficFrame) -> dict[str, dict[str, F64]]:
         """Every chart's series, by chart key and series key, as drawn (rates in the frame's unit)."""
-        r = frame.rate
-        with np.errstate(invalid="ignore", divide="ignore"):
-            hit_rate = np.where(frame.requests > 0, frame.cache_hits / frame.requests, np.nan)
-        return {
-            "requests": {"requests": r(frame.requests), "errors": r(frame.errors)},
-            "latency": dict(frame.latency_ms),
-            "ttft": dict(frame.ttft_ms),
-            "failures": {f.value: r(frame.failures[f]) for f in FAILURE_TYPES},
-            "cost": {"cost": frame.cost_per_min},
-            "spend": {"spend": frame.spend_day_usd},
-            "tokens": {"input": r(frame.input_tokens), "output": r(frame.output_tokens)},
-            "cache": {"hits": r(frame.cache_hits), "hit_rate": hit_rate},
-        }
+        return frame.chart_series()
 
     def _show_all(self, t: F64, step_s: int) -> None:
         self._set_x(float(t[0]), float(t[-1]) + step_s)
