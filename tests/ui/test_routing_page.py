@@ -237,6 +237,19 @@ def test_unknown_target_and_split_weights_at_their_step(page: RoutingPage, qtbot
     assert page.error_count == 0
 
 
+def test_a_field_that_does_not_parse_does_not_hide_the_other_problems(page: RoutingPage, qtbot: Any) -> None:
+    set_text(page.deadline, "abc")
+    set_text(page.rules[1].tags, "feature")
+    set_text(page.rules[1].steps[0].weights, "fast=90, quick=20")
+    page.rules[0].steps[0].target.setCurrentText("")
+    qtbot.waitUntil(lambda: page.error_count == 4)
+    assert "must be a number" in page.fields[("deadline_s",)].message
+    assert "is not key=value" in page.rules[1].tags_field.message
+    assert "add up to 110" in page.rules[1].steps[0].field.message
+    assert "name a target" in page.rules[0].steps[0].field.message
+    assert page.route is None and "does not parse yet" in page.yaml_view.toPlainText()
+
+
 def test_a_rule_shadowed_by_an_earlier_one_is_marked_at_the_rule(page: RoutingPage, qtbot: Any) -> None:
     catch_all = page.rules[2]
     catch_all.up.click()

@@ -41,6 +41,10 @@ from storage.queries.control import StaleRevision
 
 Confirm = Callable[[str, str, str], bool]
 
+#: Stands in for a field that does not parse, so the rest of the route can still be checked;
+#: problems that mention it are not shown (the field's own message says what is wrong).
+UNPARSED = "\u2060unparsed"
+
 _DRY_RUN_EXAMPLE = (
     '{"model": "default",\n "messages": [{"role": "user", "content": "Find hotels in Lisbon"}],\n'
     ' "user": "u-42", "metadata": {"feature": "search", "tier": "gold"}}\n\n'
@@ -52,6 +56,14 @@ def _line(placeholder: str = "", text: str = "") -> QtWidgets.QLineEdit:
     edit = QtWidgets.QLineEdit(text)
     edit.setPlaceholderText(placeholder)
     return edit
+
+
+def _inline_label(text: str) -> QtWidgets.QLabel:
+    """A label beside a field, level with the field's text (the message under the field may grow it)."""
+    label = QtWidgets.QLabel(text)
+    label.setFixedHeight(QtWidgets.QLineEdit().sizeHint().height())
+    label.setAlignment(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft)
+    return label
 
 
 def _tool(text: str, tip: str) -> QtWidgets.QToolButton:
@@ -101,7 +113,7 @@ class StepRow(QtWidgets.QWidget):
             self.sticky.currentTextChanged.connect(self.changed)
             self.field = FieldError(self.weights)
             layout.addWidget(self.field, 3)
-            sticky_label = QtWidgets.QLabel("sticky on")
+            sticky_label = _inline_label("sticky on")
             layout.addWidget(sticky_label, 0, Qt.AlignmentFlag.AlignTop)
             layout.addWidget(self.sticky, 1, Qt.AlignmentFlag.AlignTop)
             self.editor: QtWidgets.QWidget = self.weights
@@ -190,7 +202,7 @@ class RuleCard(QtWidgets.QFrame):
         form.setFieldGrowthPolicy(QtWidgets.QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.setLabelAlignment(Qt.AlignmentFlag.AlignRight)
         w = rule.when
-        self.tags = _line("feature=search, tier=gold|pro   (empty: any request)", rm.format_tags(w.tags))
+        self.tags = _line("any request (or e.g. feature=search, tier=gold|pro)", rm.format_tags(w.tags))
         self.tags.setAccessibleName("Tag conditions")
         self.tags_field = FieldError(self.tags, "Tag equality: key=value; several values with |")
         form.addRow("When tags", self.tags_field)
@@ -201,9 +213,9 @@ class RuleCard(QtWidgets.QFrame):
         self.under.setAccessibleName("Input tokens under")
         self.over_field = FieldError(self.over)
         self.under_field = FieldError(self.under)
-        tokens.addWidget(QtWidgets.QLabel("over"), 0, Qt.AlignmentFlag.AlignTop)
+        tokens.addWidget(_inline_label("over"), 0, Qt.AlignmentFlag.AlignTop)
         tokens.addWidget(self.over_field, 1)
-        tokens.addWidget(QtWidgets.QLabel("under"), 0, Qt.AlignmentFlag.AlignTop)
+        tokens.addWidget(_inline_label("under"), 0, Qt.AlignmentFlag.AlignTop)
         tokens.addWidget(self.under_field, 1)
         form.addRow("Input tokens", tokens)
         hours = QtWidgets.QHBoxLayout()
@@ -217,9 +229,9 @@ class RuleCard(QtWidgets.QFrame):
         self.hours_field = FieldError(self.h_from)
         self.h_to_field = FieldError(self.h_to)
         self.tz_field = FieldError(self.h_tz)
-        hours.addWidget(QtWidgets.QLabel("from"), 0, Qt.AlignmentFlag.AlignTop)
+        hours.addWidget(_inline_label("from"), 0, Qt.AlignmentFlag.AlignTop)
         hours.addWidget(self.hours_field, 1)
-        hours.addWidget(QtWidgets.QLabel("to"), 0, Qt.AlignmentFlag.AlignTop)
+        hours.addWidget(_inline_label("to"), 0, Qt.AlignmentFlag.AlignTop)
         hours.addWidget(self.h_to_field, 1)
         hours.addWidget(self.tz_field, 2)
         form.addRow("Hours", hours)
@@ -331,14 +343,16 @@ class RuleCard(QtWidgets.QFrame):
             return self.steps[rest[1]].field
         return self.chain_field
 
-    def build(self, errors: list[tuple[FieldError, str]]) -> Rule | None:
-        ok = True
+    def build(self, errors: list[tuple[FieldError, str]]) -> Rule:
+        """The rule as typed; a field that does not parse is noted in ``errors`` and stands in as
+        a condition or target no other rule can be confused with (see :data:`UNPARSED`), so the
+        rest of the route can still be checked."""
         tags: dict[str, Any] = {}
         try:
             tags = dict(rm.parse_tags(self.tags.text()))
         except ValueError as exc:
             errors.append((self.tags_field, str(exc)))
-            ok = False
+            tags = {UNPARSED: UNPARSED}
         bounds: list[int | None] = []
         for edit, field, what in (
             (self.over, self.over_field, "input tokens over"),
@@ -349,27 +363,28 @@ class RuleCard(QtWidgets.QFrame):
             except ValueError as exc:
                 errors.append((field, str(exc)))
                 bounds.append(None)
-                ok = False
         hours = None
-        start_text, end_text = self.h_from.text().strip(), self.h_to.text().strip()
-        if start_text or end_text or self.h_tz.text().strip():
-            try:
-                start = rm.parse_number(start_text, "hours from", integer=True)
-                end = rm.parse_number(end_text, "hours to", integer=True)
-                hours = HoursWindow(int(start or 0), int(end or 0), self.h_tz.text().strip() or "UTC")
-            except ValueError as exc:
-                errors.append((self.h_to_field if "to" in str(exc) else self.hours_field, str(exc)))
-                ok = False
+        tz = self.h_tz.text().strip() or "UTC"
+        if self.h_from.text().strip() or self.h_to.text().strip() or self.h_tz.text().strip():
+            ends: list[int] = []
+            for edit, field, what in (
+                (self.h_from, self.hours_field, "hours from"),
+                (self.h_to, self.h_to_field, "hours to"),
+            ):
+                try:
+                    ends.append(int(rm.parse_number(edit.text(), what, integer=True) or 0))
+                except ValueError as exc:
+                    errors.append((field, str(exc)))
+            if len(ends) == 2:
+                hours = HoursWindow(ends[0], ends[1], tz)
         chain: list[Step] = []
-        for row in self.steps:
+        for k, row in enumerate(self.steps):
             step, problem = row.build()
             if step is None:
                 errors.append((row.field, problem))
-                ok = False
+                chain.append(f"{UNPARSED}{k}")
             else:
                 chain.append(step)
-        if not ok:
-            return None
         return Rule(tuple(chain), Conditions(tags, bounds[0], bounds[1], hours))
 
     def update_summary(self, route: Route | None) -> None:
@@ -525,8 +540,10 @@ class RoutingPage(QtWidgets.QWidget):
         self.on_all_open.setToolTip("When every target of the chain has its breaker open")
         rgrid.addWidget(QtWidgets.QLabel("All breakers open"), 3, 2)
         rgrid.addWidget(field(("on_all_open",), self.on_all_open), 3, 3)
-        self.latency_aware = QtWidgets.QCheckBox("Latency-aware splits (prefer the lower recent p95)")
-        self.store_text = QtWidgets.QCheckBox("Keep request/response text in events")
+        self.latency_aware = QtWidgets.QCheckBox("Latency-aware splits")
+        self.store_text = QtWidgets.QCheckBox("Keep request text in events")
+        self.latency_aware.setToolTip("Among healthy targets of a split, prefer the lower recent p95")
+        self.store_text.setToolTip("Keep the request's input and output text in its event (off: tokens only)")
         rgrid.addWidget(self.latency_aware, 4, 0, 1, 2)
         rgrid.addWidget(self.store_text, 4, 2, 1, 2)
         self.fallback = _line("none: fail with the last error")
@@ -566,8 +583,12 @@ class RoutingPage(QtWidgets.QWidget):
 
         # -- the dry run and the YAML view
         right = QtWidgets.QTabWidget()
+        right.addTab(self.stack, "Edit")
         dry = QtWidgets.QWidget()
         dl = QtWidgets.QVBoxLayout(dry)
+        self.dry_route = QtWidgets.QLabel("", objectName="muted")
+        self.dry_route.setWordWrap(True)
+        dl.addWidget(self.dry_route)
         pick = QtWidgets.QHBoxLayout()
         self.events_combo = QtWidgets.QComboBox()
         self.events_combo.setAccessibleName("Recent events")
@@ -613,12 +634,10 @@ class RoutingPage(QtWidgets.QWidget):
 
         split = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
-        split.addWidget(self.stack)
         split.addWidget(right)
         split.setStretchFactor(0, 0)
-        split.setStretchFactor(1, 3)
-        split.setStretchFactor(2, 2)
-        split.setSizes([170, 560, 360])
+        split.setStretchFactor(1, 1)
+        split.setSizes([180, 800])
         split.setChildrenCollapsible(False)
         layout.addWidget(split, 1)
 
@@ -684,7 +703,10 @@ class RoutingPage(QtWidgets.QWidget):
 
     def refresh(self, select: str | None = None) -> None:
         store = self._store_getter()
-        if self._runner is None or store is None:
+        if self._runner is None:
+            return
+        if store is None:  # still opening: look again shortly
+            QTimer.singleShot(300, lambda: self.refresh(select))
             return
         engine = store.engine
         gateway_config = self._gateway_config()
@@ -1000,8 +1022,12 @@ class RoutingPage(QtWidgets.QWidget):
         self.save_bar.delete.setEnabled(self.record is not None and self.record.revision is not None)
         self.save_bar.save.setEnabled(dirty)
 
-    def build_route(self) -> tuple[Route | None, list[tuple[FieldError, str]]]:
-        """The form as a :class:`Route`, or the fields that do not parse (with their messages)."""
+    def build_route(self) -> tuple[Route, list[tuple[FieldError, str]]]:
+        """The form as a :class:`Route`, and the fields that do not parse (with their messages).
+
+        With parse errors the route is a best effort (defaults and :data:`UNPARSED` stand-ins) that
+        is only good for checking the rest of the form: it is never saved nor dry-run.
+        """
         errors: list[tuple[FieldError, str]] = []
 
         def number(edit: QtWidgets.QLineEdit, path: tuple[str | int, ...], what: str, **kw: Any) -> Any:
@@ -1031,11 +1057,9 @@ class RoutingPage(QtWidgets.QWidget):
             self.max_output, ("max_output_tokens",), "the output cap", integer=True, optional=True
         )
         rules = [card.build(errors) for card in self.rules]
-        if errors:
-            return None, errors
         route = Route(
             name=self.name.text().strip(),
-            rules=tuple(x for x in rules if x is not None),
+            rules=tuple(rules),
             deadline_s=float(deadline) if deadline is not None else d.deadline_s,
             connect_timeout_s=float(connect) if connect is not None else d.connect_timeout_s,
             first_token_timeout_s=float(first) if first is not None else d.first_token_timeout_s,
@@ -1056,7 +1080,7 @@ class RoutingPage(QtWidgets.QWidget):
             latency_aware=self.latency_aware.isChecked(),
             fallback_response=self.fallback.text() or None,
         )
-        return route, []
+        return route, errors
 
     def all_fields(self) -> list[FieldError]:
         out = list(self.fields.values())
@@ -1083,21 +1107,27 @@ class RoutingPage(QtWidgets.QWidget):
         """Check the form now: parse errors and :func:`validate_route` problems, each at its field."""
         for f in self.all_fields():
             f.clear_problem()
-        route, errors = self.build_route()
+        built, errors = self.build_route()
         self.field_errors = errors
+        route = built if not errors else None
         self.route = route
         self.problems = []
-        if route is not None:
-            self.problems = validate_route(route, self.targets if self.snapshot is not None else None)
+        if built is not None:
+            bad_deadline = any(f is self.fields[("deadline_s",)] for f, _ in errors)
+            self.problems = [
+                p
+                for p in validate_route(built, self.targets if self.snapshot is not None else None)
+                if UNPARSED not in p.message and not (bad_deadline and "deadline" in p.message)
+            ]
             taken = {r.name for r in (self.snapshot.routes if self.snapshot else [])}
-            if self.record is not None and self.record.revision is None and route.name in taken:
-                self.problems.insert(0, Problem(("name",), f"a route called `{route.name}` already exists"))
-            if route.name in (self.snapshot.targets if self.snapshot else {}):
+            if self.record is not None and self.record.revision is None and built.name in taken:
+                self.problems.insert(0, Problem(("name",), f"a route called `{built.name}` already exists"))
+            if built.name in (self.snapshot.targets if self.snapshot else {}):
                 self.problems.insert(
                     0,
                     Problem(
                         ("name",),
-                        f"`{route.name}` is also a target: callers asking for it would get this route",
+                        f"`{built.name}` is also a target: callers asking for it would get this route",
                         "warning",
                     ),
                 )
@@ -1106,17 +1136,23 @@ class RoutingPage(QtWidgets.QWidget):
         for p in self.problems:
             self.field_for(p.path).set_problem(p.message, p.severity)
         for card in self.rules:
-            card.update_summary(route)
+            card.update_summary(self.route)
+        name = built.name or "(unnamed)"
+        edited = " — with your unsaved edits" if self.dirty else ""
+        self.dry_route.setText(
+            f"Against route {name} as in the editor{edited}. Breakers and budgets are not applied; nobody is called."
+        )
         self.yaml_view.setPlainText(
-            rm.route_yaml(route)
-            if route is not None and route.name
+            rm.route_yaml(self.route)
+            if self.route is not None and self.route.name
             else "# the route does not parse yet: see the fields marked in red"
         )
         return self.problems
 
     @property
     def error_count(self) -> int:
-        return len(self.field_errors) + sum(1 for p in self.problems if p.severity == "error")
+        """Fields showing an error now (one per field: the first problem found there)."""
+        return sum(1 for f in self.all_fields() if f.severity == "error")
 
     def messages(self) -> dict[str, str]:
         """Every field's message by the field's accessible name (for tests and screen readers)."""
@@ -1310,9 +1346,6 @@ class RoutingPage(QtWidgets.QWidget):
         lines += [f"• {line}" for line in answer.decision.explanation]
         if unknown:
             lines.append(f"⚠ not a known target: {', '.join(unknown)}")
-        lines.append(
-            "Dry run of the route as edited (unsaved edits included); breakers and budgets not applied."
-        )
         self.dry_detail.setText("\n".join(lines))
 
 
