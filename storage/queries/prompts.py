@@ -311,6 +311,8 @@ def set_active_version(
             ).scalar_one_or_none()
             if exists is None:
                 raise NotFound(f"prompt {name!r} has no version {version}")
+        if expected_revision is not None and before.revision != expected_revision:
+            raise StaleRevision(OBJECT_TYPE, name, expected_revision, before.revision)
         if before.active_version == version:
             raise ValueError(
                 f"prompt {name!r}: version {version} is already active"
