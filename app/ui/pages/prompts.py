@@ -312,7 +312,7 @@ class PromptsPage(QtWidgets.QWidget):
         split.addWidget(self.tabs)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
-        split.setSizes([420, 640])
+        split.setSizes([440, 560])
         self.empty = EmptyState("Opening the store…")
         self.stack = QtWidgets.QStackedWidget()
         self.stack.addWidget(split)
@@ -322,6 +322,8 @@ class PromptsPage(QtWidgets.QWidget):
 
         self.timer = QTimer(self, interval=REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
+        self._retry = QTimer(self, interval=250, singleShot=True)
+        self._retry.timeout.connect(self.refresh)
         self._sync_buttons()
 
     # -- building ---------------------------------------------------------------------------
@@ -340,14 +342,26 @@ class PromptsPage(QtWidgets.QWidget):
         t.horizontalHeader().setHighlightSections(False)
         return t
 
-    def _text_box(self, *, read_only: bool, height: int | None = None) -> QtWidgets.QPlainTextEdit:
+    def _text_box(self, *, read_only: bool) -> QtWidgets.QPlainTextEdit:
         box = QtWidgets.QPlainTextEdit()
         box.setReadOnly(read_only)
         box.setFont(mono_font())
         box.setTabChangesFocus(True)
-        if height is not None:
-            box.setFixedHeight(height)
+        box.setMinimumHeight(box.fontMetrics().lineSpacing() * 3 + 12)
         return box
+
+    @staticmethod
+    def _boxes(rows: list[tuple[str, QtWidgets.QWidget, int]]) -> QtWidgets.QGridLayout:
+        """Labelled boxes that share the height by ``stretch`` (the template gets the most)."""
+        grid = QtWidgets.QGridLayout()
+        for r, (label, box, stretch) in enumerate(rows):
+            text = QtWidgets.QLabel(label)
+            text.setBuddy(box)
+            text.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+            grid.addWidget(text, r, 0)
+            grid.addWidget(box, r, 1)
+            grid.setRowStretch(r, stretch)
+        return grid
 
     def _build_view_tab(self) -> QtWidgets.QWidget:
         w = QtWidgets.QWidget()
@@ -359,14 +373,17 @@ class PromptsPage(QtWidgets.QWidget):
         self.view_meta = QtWidgets.QLabel("", objectName="muted")
         self.view_meta.setWordWrap(True)
         layout.addWidget(self.view_meta)
-        form = QtWidgets.QFormLayout()
-        self.view_system = self._text_box(read_only=True, height=70)
+        self.view_system = self._text_box(read_only=True)
         self.view_template = self._text_box(read_only=True)
-        self.view_params = self._text_box(read_only=True, height=70)
-        form.addRow("System", self.view_system)
-        form.addRow("Template", self.view_template)
-        form.addRow("Parameters", self.view_params)
-        layout.addLayout(form, 1)
+        self.view_params = self._text_box(read_only=True)
+        grid = self._boxes(
+            [
+                ("System", self.view_system, 1),
+                ("Template", self.view_template, 3),
+                ("Parameters", self.view_params, 1),
+            ]
+        )
+        layout.addLayout(grid, 1)
         return w
 
     def _build_editor_tab(self) -> QtWidgets.QWidget:
@@ -375,22 +392,25 @@ class PromptsPage(QtWidgets.QWidget):
         self.editor_title = QtWidgets.QLabel("", objectName="muted")
         self.editor_title.setWordWrap(True)
         layout.addWidget(self.editor_title)
-        form = QtWidgets.QFormLayout()
-        self.edit_system = self._text_box(read_only=False, height=70)
+        self.edit_system = self._text_box(read_only=False)
         self.edit_system.setPlaceholderText("optional; {{variables}} allowed")
         self.edit_template = self._text_box(read_only=False)
         self.edit_template.setPlaceholderText(
             "the user message, e.g. Summarize in {{max_words}} words: {{ticket}}"
         )
-        self.edit_params = self._text_box(read_only=False, height=70)
+        self.edit_params = self._text_box(read_only=False)
         self.edit_params.setPlaceholderText('{"temperature": 0.2, "max_tokens": 300}')
         self.edit_note = QtWidgets.QLineEdit()
         self.edit_note.setPlaceholderText("what changed and why")
-        form.addRow("S&ystem", self.edit_system)
-        form.addRow("Te&mplate", self.edit_template)
-        form.addRow("P&arameters (JSON)", self.edit_params)
-        form.addRow("N&ote", self.edit_note)
-        layout.addLayout(form, 1)
+        grid = self._boxes(
+            [
+                ("S&ystem", self.edit_system, 1),
+                ("Te&mplate", self.edit_template, 3),
+                ("P&arameters\n(JSON)", self.edit_params, 1),
+                ("N&ote", self.edit_note, 0),
+            ]
+        )
+        layout.addLayout(grid, 1)
         self.edit_variables = QtWidgets.QLabel("", objectName="muted")
         self.edit_variables.setWordWrap(True)
         layout.addWidget(self.edit_variables)
@@ -466,6 +486,8 @@ class PromptsPage(QtWidgets.QWidget):
 
     def refresh(self) -> None:
         store = self._store_getter()
+        if self._runner is not None and store is None and not self._retry.isActive():
+            self._retry.start()  # the store is still opening: look again soon, not at the next 5 s tick
         if self._runner is None or store is None or self._busy:
             return
         if not self.isVisible() and self.registry is not None:
@@ -518,16 +540,17 @@ class PromptsPage(QtWidgets.QWidget):
                     active.setToolTip(
                         "No active version: requests must name one (NAME@VERSION) until you promote"
                     )
-                count = QtWidgets.QTableWidgetItem(
-                    f"{p.version_count} (latest v{p.latest_version})" if p.latest_version else "0"
-                )
+                count = QtWidgets.QTableWidgetItem(str(p.version_count))
+                count.setToolTip(f"latest: v{p.latest_version}" if p.latest_version else "no versions yet")
                 for c, item in enumerate((name, active, count)):
                     t.setItem(r, c, item)
                 if p.name == self.selected_prompt:
                     t.selectRow(r)
-            t.resizeColumnToContents(0)
-            t.setColumnWidth(0, min(max(t.columnWidth(0) + 16, 160), 260))
-            t.resizeColumnToContents(1)
+            header = t.horizontalHeader()
+            header.setStretchLastSection(False)
+            mode = QtWidgets.QHeaderView.ResizeMode
+            for col, how in enumerate((mode.Stretch, mode.ResizeToContents, mode.ResizeToContents)):
+                header.setSectionResizeMode(col, how)
         finally:
             self._filling = False
 
@@ -563,7 +586,9 @@ class PromptsPage(QtWidgets.QWidget):
                     label.setFont(font)
                 note = QtWidgets.QTableWidgetItem(v.note or "\u2014")
                 note.setToolTip(v.note)
-                created = QtWidgets.QTableWidgetItem(fmt_when(v.created_at, now))
+                # Relative here (the table is narrow); the absolute time is on hover and in the Version tab.
+                created = QtWidgets.QTableWidgetItem(fmt.fmt_relative_time(now - v.created_at))
+                created.setToolTip(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.created_at)))
                 for c, item in enumerate((label, note, QtWidgets.QTableWidgetItem(v.author), created)):
                     t.setItem(r, c, item)
                 if v.version == self.selected_version:
