@@ -112,6 +112,19 @@ class PromptRegistryContract:
         assert reverted.active_version is None
         assert control.list_audit(store.engine, object_type="prompt", limit=1)[0].action == "rollback"
 
+    def test_the_audit_page_reverts_a_promotion_through_the_registry(self, store: Store) -> None:
+        from app.gateway.revert import revert_change
+
+        self._seed(store)
+        q.set_active_version(store.engine, "support-summary", 1, actor="ana", reason="ship")
+        q.set_active_version(store.engine, "support-summary", 3, actor="ana", reason="v3 wins")
+        promote = control.list_audit(store.engine, object_type="prompt", limit=1)[0]
+        undone = revert_change(store.engine, promote.id, actor="bo", reason="v3 breaks JSON")
+        prompt = q.get_prompt(store.engine, "support-summary")
+        assert prompt is not None and prompt.active_version == 1
+        assert undone.action == "rollback" and undone.actor == "bo"
+        assert "v3 breaks JSON" in undone.reason
+
     def test_stale_revision_is_refused_with_a_clear_message(self, store: Store) -> None:
         self._seed(store)
         q.set_active_version(store.engine, "support-summary", 2, actor="ana", reason="x", expected_revision=1)
