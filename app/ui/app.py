@@ -66,6 +66,7 @@ class ControlRoom(QtCore.QObject):
         self.collector: Any = None
         self.collector_error: str | None = None
         self._status_pending = False
+        self._sources_step = False
         self._sources_timer = QTimer(self)
         self._sources_timer.setInterval(SOURCE_STATUS_MS)
         self._sources_timer.timeout.connect(self._poll_sources)
@@ -80,7 +81,9 @@ class ControlRoom(QtCore.QObject):
         if self.options.page:
             self.window.show_page(self.options.page)
         self.window.show()
-        self._startup_pending = 3
+        # The store, the keyring check, the token/price check, and the sources' first statuses.
+        self._startup_pending = 4
+        self._sources_step = True
         self.bridge.run(_open_store(self.options.store_url), self._on_store_open, self._on_store_error)
         self.window.attach_data(
             live=self.live,
@@ -129,6 +132,7 @@ class ControlRoom(QtCore.QObject):
         log.error("the sources could not start: %s", self.collector_error)
         self.window.status.set_sources(0, 1, f"The sources could not start: {self.collector_error}")
         self._sources_timer.start()  # its reload keeps trying; statuses show what runs
+        self._sources_step_done()
 
     def _poll_sources(self) -> None:
         collector = self.collector
@@ -142,10 +146,12 @@ class ControlRoom(QtCore.QObject):
         def done(result: Any) -> None:
             self._status_pending = False
             self.window.show_source_statuses(result)
+            self._sources_step_done()
 
         def failed(exc: BaseException) -> None:
             self._status_pending = False
             log.debug("source statuses unavailable: %s", exc)
+            self._sources_step_done()
 
         self.bridge.run(reports(), done, failed)
 
@@ -154,6 +160,12 @@ class ControlRoom(QtCore.QObject):
         self.window.status.set_store("unavailable ⚠", self.store_error)
         log.error("the store could not be opened: %s", self.store_error)
         self._step_done()
+        self._sources_step_done()  # no store, no sources
+
+    def _sources_step_done(self) -> None:
+        if self._sources_step:
+            self._sources_step = False
+            self._step_done()
 
     def _on_keyring(self, status: Any) -> None:
         if status is None:

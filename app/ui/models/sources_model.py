@@ -98,6 +98,9 @@ class SourceRow:
             text = str(settings.get("path", ""))
         elif self.kind == "otlp":
             text = str(settings.get("listen", "127.0.0.1:4318"))
+            detail = self.report.detail if self.report is not None else ""
+            if detail.startswith("listening on "):  # the port it really got (a listen on :0 picks one)
+                text = detail.removeprefix("listening on ").split(" · ")[0]
         elif self.kind == "http_poll":
             text = str(settings.get("url", ""))
         elif self.kind == "usage_api":

@@ -44,6 +44,7 @@ from app.ui.models.sources_model import (
     COL_QUARANTINED,
     COL_RATE,
     COL_STATE,
+    COL_WHERE,
     KIND_LABELS,
     STATE_ROLE,
     SourceRow,
@@ -177,10 +178,14 @@ class SourceEditor(QtWidgets.QFrame):
         self.http_format = self._format_combo(detect=False)
         self._add("format", "&Format", self.http_format, kind_key="http_poll:format")
         self.cursor_param = QtWidgets.QLineEdit()
-        self.cursor_param.setPlaceholderText("cursor (the query parameter that carries the cursor)")
+        self.cursor_param.setPlaceholderText("cursor")
+        self.cursor_param.setToolTip("The query parameter that carries the cursor to the endpoint")
         self._add("cursor_param", "&Cursor parameter", self.cursor_param)
         self.records_field = QtWidgets.QLineEdit()
-        self.records_field.setPlaceholderText("optional: where the records are in a JSON reply, e.g. data")
+        self.records_field.setPlaceholderText("optional, e.g. data")
+        self.records_field.setToolTip(
+            "Where the records are in a JSON reply (a path); empty for NDJSON or a top-level list"
+        )
         self._add("records_field", "&Records at", self.records_field)
         self.interval = QtWidgets.QLineEdit()
         self.interval.setPlaceholderText("10 (seconds between polls)")
@@ -214,7 +219,7 @@ class SourceEditor(QtWidgets.QFrame):
         self.admin_env.setPlaceholderText("VARIABLE_NAME")
         self._add("admin_env", "&Variable", self.admin_env)
         self.lookback = QtWidgets.QLineEdit()
-        self.lookback.setPlaceholderText("7 (days read again on every poll)")
+        self.lookback.setPlaceholderText("7 (days read again each poll)")
         self._add("lookback_days", "&Look back (days)", self.lookback)
         self.usage_interval = QtWidgets.QLineEdit()
         self.usage_interval.setPlaceholderText("3600 (seconds between polls)")
@@ -671,20 +676,17 @@ class SourcesPage(QtWidgets.QWidget):
         self.table.setWordWrap(False)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(26)
-        self.table.horizontalHeader().setStretchLastSection(True)
         self.table.horizontalHeader().setHighlightSections(False)
         self.table.setAccessibleName("Sources")
         metrics = self.table.fontMetrics()
-        for col, sample in (
-            (COL_NAME, "openai-usage-main"),
-            (COL_KIND, "JSONL file"),
-            (COL_STATE, "not running"),
-            (COL_RATE, "Events/s"),
-            (COL_LAG, "catching up for 40 s"),
-            (COL_QUARANTINED, "Quarantined"),
-            (COL_ERROR, "cannot connect to 127.0.0.1:9100"),
-        ):
-            self.table.setColumnWidth(col, metrics.horizontalAdvance(sample) + 28)
+        self.table.setColumnWidth(COL_LAG, metrics.horizontalAdvance("12.3 MB behind") + 20)
+        header = self.table.horizontalHeader()
+        for col in (COL_NAME, COL_KIND, COL_STATE, COL_RATE, COL_QUARANTINED):
+            header.setSectionResizeMode(col, QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        # The two free-text columns share what is left, so nothing scrolls sideways at the smallest window.
+        header.setStretchLastSection(False)
+        for col in (COL_ERROR, COL_WHERE):
+            header.setSectionResizeMode(col, QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
         self.table.doubleClicked.connect(lambda _i: self.start_edit())
 
@@ -709,11 +711,6 @@ class SourcesPage(QtWidgets.QWidget):
         editor_scroll.setMinimumWidth(380)
         editor_scroll.setVisible(False)
         self.editor_scroll = editor_scroll
-        upper = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
-        upper.addWidget(self.stack)
-        upper.addWidget(editor_scroll)
-        upper.setStretchFactor(0, 3)
-        upper.setStretchFactor(1, 2)
 
         # Quarantined records
         lower = QtWidgets.QWidget()
@@ -750,12 +747,12 @@ class SourcesPage(QtWidgets.QWidget):
         self.quarantine_view.horizontalHeader().setStretchLastSection(True)
         self.quarantine_view.setAccessibleName("Quarantined records")
         for col, sample in (
-            (COL_WHEN, "Nov 29 19:04  ·  59 min ago"),
-            (COL_SOURCE, "openai-usage"),
+            (COL_WHEN, "19:04:11  ·  59 min ago"),
+            (COL_SOURCE, "billing-log"),
             (COL_POSITION, "byte 1234567"),
             (COL_REASON, "invalid JSON: Expecting value"),
         ):
-            self.quarantine_view.setColumnWidth(col, metrics.horizontalAdvance(sample) + 20)
+            self.quarantine_view.setColumnWidth(col, metrics.horizontalAdvance(sample) + 16)
         self.quarantine_view.selectionModel().selectionChanged.connect(self._show_record)
         self.excerpt = QtWidgets.QPlainTextEdit()
         self.excerpt.setReadOnly(True)
@@ -763,19 +760,32 @@ class SourcesPage(QtWidgets.QWidget):
         self.excerpt.setAccessibleName("Quarantined record")
         mono = QtGui.QFontDatabase.systemFont(QtGui.QFontDatabase.SystemFont.FixedFont)
         self.excerpt.setFont(mono)
-        records = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
-        records.addWidget(self.quarantine_view)
+        self.excerpt.setMinimumHeight(QtGui.QFontMetrics(mono).lineSpacing() * 3 + 12)
+        # The record's detail under the list: the list keeps the width its reasons and excerpts need.
+        self.quarantine_empty = EmptyState("No quarantined records: every record read so far was good.")
+        self.quarantine_stack = QtWidgets.QStackedWidget()
+        self.quarantine_stack.addWidget(self.quarantine_view)
+        self.quarantine_stack.addWidget(self.quarantine_empty)
+        records = QtWidgets.QSplitter(Qt.Orientation.Vertical)
+        records.addWidget(self.quarantine_stack)
         records.addWidget(self.excerpt)
         records.setStretchFactor(0, 3)
-        records.setStretchFactor(1, 2)
+        records.setStretchFactor(1, 1)
         lower_layout.addWidget(records, 1)
 
         split = QtWidgets.QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(upper)
+        split.addWidget(self.stack)
         split.addWidget(lower)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        layout.addWidget(split, 1)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        # The editor opens beside both, at full height: a form of a dozen fields needs it.
+        body = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        body.addWidget(split)
+        body.addWidget(editor_scroll)
+        body.setStretchFactor(0, 3)
+        body.setStretchFactor(1, 2)
+        body.setChildrenCollapsible(False)
+        layout.addWidget(body, 1)
 
         self.timer = QTimer(self, interval=REFRESH_MS)
         self.timer.timeout.connect(self.refresh)
@@ -789,7 +799,8 @@ class SourcesPage(QtWidgets.QWidget):
             self._gateway_getter = gateway if callable(gateway) else (lambda: gateway)
         self.quarantine.attach(self._engine, runner)
         self.refresh()
-        self.timer.start()
+        if self.isVisible():
+            self.timer.start()
 
     def _engine(self) -> Any:
         store = self._store_getter()
@@ -820,7 +831,14 @@ class SourcesPage(QtWidgets.QWidget):
 
     def showEvent(self, event: QtGui.QShowEvent) -> None:
         super().showEvent(event)
+        if self._runner is not None:
+            self.timer.start()
         self.refresh()
+
+    def hideEvent(self, event: QtGui.QHideEvent) -> None:
+        # Nobody is looking (or the window is closing): no reads until the page shows again.
+        self.timer.stop()
+        super().hideEvent(event)
 
     def _on_loaded(self, result: tuple[list[SourceConfig], dict[str, int], dict[str, str]]) -> None:
         self._busy = False
@@ -853,6 +871,14 @@ class SourcesPage(QtWidgets.QWidget):
         rows = build_rows(self.configs, self.reports, self.counts)
         self.model.set_rows(rows)
         self.stack.setCurrentWidget(self.table if rows else self.empty)
+        # Every source in sight without scrolling (up to eight); the quarantine takes the rest.
+        shown = min(max(len(rows), 3), 8)
+        self.stack.setMinimumHeight(
+            self.table.horizontalHeader().sizeHint().height()
+            + shown * self.table.verticalHeader().defaultSectionSize()
+            + self.table.frameWidth() * 2
+            + 2
+        )
         if selected is not None and self.selected_row() is None:
             index = self.model.row_of(selected.name)
             if index >= 0:
@@ -955,6 +981,13 @@ class SourcesPage(QtWidgets.QWidget):
     def _quarantine_loaded(self, shown: int, total: int) -> None:
         which = self.quarantine_filter.currentText()
         scope = "" if which == "all sources" else f" of {which}"
+        self.quarantine_stack.setCurrentWidget(self.quarantine_view if total else self.quarantine_empty)
+        self.excerpt.setVisible(bool(total))
+        self.quarantine_empty.setText(
+            f"No quarantined records{scope}: every record read so far was good."
+            if which == "all sources" or not which
+            else f"No quarantined records of {which}: every record it read so far was good."
+        )
         more = f" — showing the newest {shown:,} (scroll for more)" if shown < total else ""
         self.quarantine_title.setText(f"Quarantined records{scope}: {total:,}{more}")
 
