@@ -6,6 +6,8 @@ a prompt costs per request.  Run with ``make bench`` (``pytest tests/bench -s -o
   the store flips the active version 20 times (``set_active_version`` from another thread, as the
   Prompts page or another process would).  Time from the promotion's commit to the first answer
   rendered from the new version: p50 / p95 / max (target: max <= 1 s, ui.md and architecture.md).
+  Each flip comes right after the gateway took the previous one, so it waits nearly a whole poll:
+  the figures sit near the worst case (0.25 s plus the reload), not the average (half a poll).
 - Rendering: ``app.core.prompts.apply`` on a three-variable template with a system prompt, per call.
 """
 
