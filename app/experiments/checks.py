@@ -50,7 +50,7 @@ def _value(check: CheckSpec, case: Case) -> Any:
     if isinstance(value, str):
         try:
             return render(value, case.vars)
-        except KeyError:
+        except ValueError:
             return value  # braces that are not one of the case's variables stay as written
     return value
 
@@ -151,7 +151,7 @@ def judge_request(
     """The judge's system prompt and messages for one output."""
     lo, hi = check.scale
     rubric = check.rubric or ""
-    with contextlib.suppress(KeyError):
+    with contextlib.suppress(ValueError):
         rubric = render(rubric, case.vars)
     parts = [
         f"Rubric: {rubric}",

@@ -24,11 +24,12 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.core import tokens as core_tokens
+from app.core.prompts import PromptError, merge_params, variables
 from app.experiments.checks import CheckResult, is_refusal, judge_request, read_judgement, run_check
 from app.experiments.spec import Case, CheckSpec, Experiment, PromptSpec, Variant, experiment_to_data, render
 from app.gateway.engine import Gateway, GatewayError
@@ -66,9 +67,11 @@ class RateGate:
         tpm: int | None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         start_full: bool = False,
     ) -> None:
         self.name = name
+        self._sleep = sleep
         self.rpm = rpm
         self.tpm = tpm
         self._clock = clock
@@ -110,7 +113,7 @@ class RateGate:
                 if wait <= 0.0:
                     break
                 self.waited_s += wait
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             if self.rpm:
                 self._req -= 1.0
             if self.tpm:
@@ -198,55 +201,66 @@ ProgressFn = Callable[[Progress], None]
 
 
 def resolve_prompts(store: Store | None, exp: Experiment) -> Experiment:
-    """Fill registry prompts (``name@version``) from the store's prompt registry."""
+    """Fill registry prompts (``name@version``, ``name@active``) from the store's prompt registry.
+
+    ``@active`` is pinned to the version active now, so the whole run uses one version even if
+    someone promotes another meanwhile.  Every case must have the variables the version uses.
+    """
     if all(p.registry_name is None or p.template is not None for p in exp.prompts):
         return exp
     if store is None:
         raise ExperimentRunError("the experiment names registry prompts; it needs a store")
-    try:
-        from storage.queries import prompts as registry
-    except ImportError as exc:  # the registry is another part of the app; say so plainly
-        raise ExperimentRunError("this build has no prompt registry; use inline templates") from exc
+    from storage.queries import prompts as registry
+
     out: list[PromptSpec] = []
     for p in exp.prompts:
         if p.registry_name is None or p.template is not None:
             out.append(p)
             continue
-        try:
-            version: Any = registry.get_version(store.engine, p.registry_name, p.registry_version)
-        except LookupError as exc:
-            raise ExperimentRunError(f"prompt `{p.id}`: {exc}") from exc
+        version = registry.get_version(store.engine, p.registry_name, p.registry_version)
         if version is None:
-            raise ExperimentRunError(
-                f"prompt `{p.id}`: the registry has no {p.ref} (create it on the Prompts page first)"
+            what = (
+                f"no active version of {p.registry_name} (promote one on the Prompts page, or name a version)"
+                if p.registry_version is None
+                else f"no {p.ref} (create it on the Prompts page first)"
             )
-        params = {**(getattr(version, "params", None) or {}), **p.params}
-        out.append(
-            PromptSpec(
-                p.id,
-                template=str(version.template),
-                system=p.system if p.system is not None else getattr(version, "system", None),
-                params=params,
-                registry_name=p.registry_name,
-                registry_version=int(getattr(version, "version", p.registry_version or 0))
-                or p.registry_version,
-                line=p.line,
-            )
+            raise ExperimentRunError(f"prompt `{p.id}`: the registry has {what}")
+        resolved = PromptSpec(
+            p.id,
+            template=version.template,
+            system=p.system,
+            params=p.params,
+            registry_name=p.registry_name,
+            registry_version=version.version,
+            line=p.line,
+            body_system=version.system,
+            body_params=dict(version.params),
         )
+        wanted = variables(version.system, version.template)
+        for case in exp.cases:
+            missing = [v for v in wanted if v not in case.vars]
+            if missing:
+                raise ExperimentRunError(
+                    f"{case.where or f'case {case.index + 1}'}: no {', '.join(missing)} "
+                    f"(prompt `{p.id}` = {p.registry_name}@{version.version} uses "
+                    f"{', '.join('{{' + v + '}}' for v in missing)})"
+                )
+        out.append(resolved)
     return exp.with_prompts(tuple(out))
 
 
 def build_messages(prompt: PromptSpec, case: Case) -> tuple[str | None, list[dict[str, Any]]]:
-    """The system prompt and messages for one case: the template with the case's variables."""
+    """The system prompt and messages for one case, rendered as the gateway renders a registry
+    prompt (:func:`app.core.prompts.apply`: the version's system, then the file's)."""
     assert prompt.template is not None
     try:
         text = render(prompt.template, case.vars)
-        system = render(prompt.system, case.vars) if prompt.system else None
-    except KeyError as exc:
+        systems = [render(s, case.vars) for s in (prompt.body_system, prompt.system) if s]
+    except PromptError as exc:
         raise ExperimentRunError(
-            f"{case.where or f'case {case.index + 1}'}: no variable {exc.args[0]} for prompt `{prompt.id}`"
+            f"{case.where or f'case {case.index + 1}'}: {exc} (prompt `{prompt.id}`)"
         ) from exc
-    return system, [{"role": "user", "content": text}]
+    return "\n\n".join(systems) or None, [{"role": "user", "content": text}]
 
 
 _OUTPUT_KEYS = ("max_tokens", "max_output_tokens", "max_completion_tokens")
@@ -514,9 +528,17 @@ class ExperimentRunner:
         system: str | None,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
+        *,
+        call_messages: list[dict[str, Any]] | None = None,
+        call_system: str | None = None,
+        call_params: dict[str, Any] | None = None,
         **extra: Any,
     ) -> tuple[Any, GatewayError | None]:
-        """One gateway call within the target's provider limits: (response or None, error or None)."""
+        """One gateway call within the target's provider limits: (response or None, error or None).
+
+        ``system``/``messages``/``params`` are what reaches the model (for the token estimate);
+        ``call_*`` replace them in the request when the gateway renders a registry prompt itself.
+        """
         provider = self._provider_of(target)
         t = self.gateway.state.targets[target]
         estimated = self._estimate(provider, t.model, system, messages, params)
@@ -524,9 +546,18 @@ class ExperimentRunner:
         seq = await gate.acquire(estimated)
         self._calls += 1
         try:
-            resp = await self.gateway.chat(
-                route=target, messages=messages, system=system, params=dict(params), **extra
-            )
+            if call_messages is not None:
+                resp = await self.gateway.chat(
+                    route=target,
+                    messages=call_messages,
+                    system=call_system,
+                    params=dict(call_params or {}),
+                    **extra,
+                )
+            else:
+                resp = await self.gateway.chat(
+                    route=target, messages=messages, system=system, params=dict(params), **extra
+                )
         except GatewayError as exc:
             ev = exc.event
             gate.settle(seq, estimated, ev.input_tokens + ev.output_tokens if ev.input_tokens else None, None)
@@ -553,18 +584,27 @@ class ExperimentRunner:
         v, case = item.variant, item.case
         prompt = v.prompt
         system, messages = build_messages(prompt, case)
-        params = {**exp.default_params, **prompt.params}
+        file_params = {**exp.default_params, **prompt.params}
+        tags = {"experiment": exp.name, "ab_run": self.run_id[:12], "variant": v.name}
+        if prompt.registry_name is not None:
+            # The gateway renders a registry prompt itself, exactly as it will in production.
+            resp, err = await self._call(
+                v.target,
+                system,
+                messages,
+                merge_params(prompt.body_params, file_params),
+                call_messages=[],
+                call_system=prompt.system,
+                call_params=file_params,
+                feature="ab",
+                tags=tags,
+                prompt_name=prompt.registry_name,
+                prompt_version=prompt.registry_version,
+                prompt_vars=dict(case.vars),
+            )
+        else:
+            resp, err = await self._call(v.target, system, messages, file_params, feature="ab", tags=tags)
         rec = q.ResultRecord(self.run_id, v.name, case.index, item.repetition, "ok", created_at=time.time())
-        resp, err = await self._call(
-            v.target,
-            system,
-            messages,
-            params,
-            feature="ab",
-            tags={"experiment": exp.name, "ab_run": self.run_id[:12], "variant": v.name},
-            prompt_name=prompt.registry_name,
-            prompt_version=prompt.registry_version,
-        )
         if err is not None:
             ev = err.event
             rec.status = "error"

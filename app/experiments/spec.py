@@ -35,6 +35,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from app.core.config import ConfigProblem, _Parser  # the same FILE:LINE reporting as control configs
+from app.core.prompts import render as core_render
+from app.core.prompts import variables
 
 CHECK_TYPES: tuple[str, ...] = (
     "equals",
@@ -74,8 +76,7 @@ _CASE = ("vars", "assert", "expected", "description")
 _CHECK = ("type", "value", "rubric", "target", "pass_at", "scale", "weight", "case_sensitive")
 _DEFAULTS = ("assert", "params")
 _GATE = ("variant", "not_worse_than", "metric", "alpha", "margin")
-_REF = re.compile(r"^(?P<name>[A-Za-z0-9_.\-/]+)@(?P<version>\d+|active|latest)$")
-_VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
+_REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127})@(?P<version>[1-9]\d*|active)$")
 MAX_CASES = 100_000
 
 
@@ -98,6 +99,9 @@ class PromptSpec:
     registry_name: str | None = None
     registry_version: int | None = None  # None: the active version
     line: int = 0
+    # A registry version's own system prompt and parameters, once resolved (the file's are above).
+    body_system: str | None = None
+    body_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ref(self) -> str | None:
@@ -239,27 +243,13 @@ def variant_name(prompt_id: str, target: str, n_prompts: int, n_targets: int) ->
 
 
 def template_vars(template: str) -> list[str]:
-    return list(dict.fromkeys(m.group(1) for m in _VAR.finditer(template)))
+    return variables(template)
 
 
-def render(template: str, variables: dict[str, Any]) -> str:
-    """``{{name}}`` replaced by the variable (dotted names reach into mappings); unknown names raise KeyError."""
-
-    def one(m: re.Match[str]) -> str:
-        value: Any = variables
-        for part in m.group(1).split("."):
-            if isinstance(value, dict) and part in value:
-                value = value[part]
-            elif part == m.group(1) and part in variables:
-                value = variables[part]
-                break
-            else:
-                raise KeyError(m.group(1))
-        if isinstance(value, dict | list):
-            return json.dumps(value, ensure_ascii=False)
-        return "" if value is None else str(value)
-
-    return _VAR.sub(one, template)
+def render(template: str, values: dict[str, Any]) -> str:
+    """``{{name}}`` replaced the way the gateway does it (:func:`app.core.prompts.render`); a missing
+    variable raises :class:`app.core.prompts.MissingVariables` (a ValueError)."""
+    return core_render(template, values)
 
 
 # -- parsing --------------------------------------------------------------------------------------
@@ -766,7 +756,7 @@ def check_experiment(
             continue
         wanted = template_vars(pr.template) + template_vars(pr.system or "")
         for case in cases:
-            missing = [v for v in wanted if v.split(".")[0] not in case.vars]
+            missing = [v for v in wanted if v not in case.vars]
             if missing:
                 where, _, line = case.where.rpartition(":")
                 p.err_at(
@@ -876,6 +866,8 @@ def experiment_to_data(exp: Experiment) -> dict[str, Any]:
                 "params": pr.params,
                 "registry_name": pr.registry_name,
                 "registry_version": pr.registry_version,
+                "body_system": pr.body_system,
+                "body_params": pr.body_params,
             }
             for pr in exp.prompts
         ],
@@ -931,6 +923,9 @@ def experiment_from_data(d: dict[str, Any]) -> Experiment:
                 p.get("params") or {},
                 p.get("registry_name"),
                 p.get("registry_version"),
+                0,
+                p.get("body_system"),
+                p.get("body_params") or {},
             )
             for p in d["prompts"]
         ),

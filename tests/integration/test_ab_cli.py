@@ -180,3 +180,44 @@ def test_resume_refuses_a_changed_experiment(
     _, err = capsys.readouterr()
     assert code == 4 and "ran a different version" in err
     assert chat_calls(sim) == 0
+
+
+def test_registry_prompts_are_rendered_by_the_gateway_and_pinned(
+    sim: SimServer,
+    store: Store,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from storage.queries import prompts as registry
+    from storage.queries.events import EventFilter, fetch_events
+
+    registry.create_prompt(store.engine, "capital", actor="test")
+    registry.add_version(store.engine, "capital", template="Write a line about {{ticket}}", actor="test")
+    registry.add_version(
+        store.engine, "capital", template="What is the capital of France? {{ticket}}", actor="test"
+    )
+    registry.set_active_version(store.engine, "capital", 2, actor="test", reason="test")
+    text = (
+        experiment_yaml(cases=3)
+        .replace(
+            '    template: "What is the capital of France? Ticket: {{ticket}}"', "    prompt: capital@active"
+        )
+        .replace('    template: "Write a line about {{ticket}}"', "    prompt: capital@1")
+    )
+    path = write(tmp_path, text)
+    assert main(["ab", "run", str(path), "--store", str(store.engine.url), "--no-progress"]) == EXIT_OK
+    run = q.list_runs(store.engine, "capitals")[0]
+    assert [p["registry_version"] for p in run.spec["prompts"]] == [2, 1]  # @active pinned to 2
+    results = q.fetch_results(store.engine, run.run_id)
+    assert all(r.passed for r in results if r.variant == "v1")
+    assert not any(r.passed for r in results if r.variant == "v2")
+    events = fetch_events(store.engine, EventFilter(), limit=100).events
+    assert sorted((e.prompt_name, e.prompt_version) for e in events if e.prompt_name) == (
+        [("capital", 1)] * 3 + [("capital", 2)] * 3
+    )
+    # a version the registry does not have is a run error, before any call
+    path.write_text(text.replace("capital@1", "capital@7"), encoding="utf-8")
+    calls = chat_calls(sim)
+    assert main(["ab", "run", str(path), "--store", str(store.engine.url)]) == 4
+    assert "the registry has no capital@7" in capsys.readouterr().err
+    assert chat_calls(sim) == calls
