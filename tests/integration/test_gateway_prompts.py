@@ -21,7 +21,7 @@ import anthropic
 import openai
 import pytest
 
-from app.core.config import ControlConfig
+from app.core.config import ControlConfig, parse_config
 from app.core.event import Failure
 from app.gateway.engine import Gateway, GatewayError, GatewayStreamEnd
 from app.providers import TextDelta
@@ -190,6 +190,13 @@ def test_streaming_renders_too(oai: openai.OpenAI) -> None:
     assert text == f"terse|{v1()}|END"
 
 
+def test_a_stream_with_a_missing_variable_fails_before_it_starts(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="needs the variable ticket"):
+        oai.chat.completions.create(
+            model="prompted", messages=[], stream=True, extra_headers=headers(variables={"tone": "calm"})
+        )
+
+
 def test_errors_name_the_problem_and_still_leave_one_event(
     oai: openai.OpenAI, gateway: GatewayThread
 ) -> None:
@@ -294,6 +301,22 @@ def test_library_prompt_keyword_renders_active_and_pinned_versions(store: Store)
     assert text == f"terse|{v1()}|END" and streamed.event.prompt_version == 1
     assert missing.failure is Failure.CLIENT_ERROR and missing.status_code == 400
     assert "needs the variables tone, ticket" in missing.message
+
+
+def test_a_gateway_without_a_store_says_prompts_live_in_one(
+    sim: SimServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-test-prompts-0123456789")
+
+    async def main() -> GatewayError:
+        async with Gateway(None, config=parse_config(config_text(sim))) as gw:
+            with pytest.raises(GatewayError) as info:
+                await gw.chat(route="default", prompt=PROMPT, prompt_vars=TICKET)
+            return info.value
+
+    err = asyncio.run(main())
+    assert err.status_code == 404 and "prompts live in it" in err.message
+    assert err.event.prompt_name == PROMPT
 
 
 def test_library_refuses_a_bad_prompt_reference() -> None:
