@@ -289,8 +289,24 @@ def test_forcing_closed_a_failing_target_asks_twice_and_says_why(store: Store, q
     assert calm.confirm is None
 
 
-def test_switch_buttons_have_keyboard_mnemonics(store: Store, qtbot: object) -> None:
+def test_switches_have_keys(store: Store, qtbot: object) -> None:
+    from app.ui.pages.breakers import SWITCH_KEYS
+
     page = BreakersPage()
     qtbot.addWidget(page)  # type: ignore[attr-defined]
-    texts = {mode: b.text() for mode, b in page.switch_buttons.items()}
-    assert texts == {"force_open": "Force &open…", "force_closed": "Force &closed…", "auto": "Back to &auto…"}
+    keys = {a.shortcut().toString() for a in page.actions()}
+    assert set(SWITCH_KEYS.values()) <= keys
+    assert all(SWITCH_KEYS[m] in b.toolTip() for m, b in page.switch_buttons.items())
+    asked: list[str] = []
+    page.ask_switch = asked.append  # type: ignore[method-assign]
+    by_key = {a.shortcut().toString(): a for a in page.actions()}
+    by_key["Alt+O"].trigger()
+    assert asked == []  # nothing selected: the key does nothing
+    page.show()
+    page.attach_store(store, run_now)
+    row = next(r for r in range(page.model.rowCount()) if page.model.row_at(r).target == "fast")
+    page.table.selectRow(row)
+    by_key["Alt+O"].trigger()
+    by_key["Alt+A"].trigger()  # fast is already automatic: its switch is off
+    assert asked == ["force_open"]
+    page.timer.stop()

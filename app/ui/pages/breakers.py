@@ -244,8 +244,8 @@ EXPIRIES: tuple[tuple[str, float | None], ...] = (
 )
 
 _SWITCH_VERBS = {"force_open": "Force open", "force_closed": "Force closed", "auto": "Back to auto"}
-#: The buttons' labels, with Alt+O / Alt+C / Alt+A (ui.md: every action reachable by keyboard).
-_SWITCH_LABELS = {"force_open": "Force &open…", "force_closed": "Force &closed…", "auto": "Back to &auto…"}
+#: The switches' keys (ui.md: every action reachable by keyboard); page actions, so they work from the table.
+SWITCH_KEYS = {"force_open": "Alt+O", "force_closed": "Alt+C", "auto": "Alt+A"}
 
 
 def describe_switch(target: str, mode: str, fallbacks: list[tuple[str, list[str]]] | None = None) -> str:
@@ -385,11 +385,17 @@ class BreakersPage(QtWidgets.QWidget):
         actions = QtWidgets.QHBoxLayout()
         self.switch_buttons: dict[str, QtWidgets.QPushButton] = {}
         for mode, verb in _SWITCH_VERBS.items():
-            button = QtWidgets.QPushButton(_SWITCH_LABELS[mode])
+            button = QtWidgets.QPushButton(f"{verb}…")
             button.setEnabled(False)
-            key = _SWITCH_LABELS[mode].split("&")[1][0].upper()
-            button.setToolTip(f"{verb} the selected target's breaker (asks for a reason first) — Alt+{key}")
+            button.setToolTip(
+                f"{verb} the selected target's breaker (asks for a reason first) — {SWITCH_KEYS[mode]}"
+            )
             button.clicked.connect(lambda _c=False, m=mode: self.ask_switch(m))
+            action = QtGui.QAction(f"{verb}…", self)
+            action.setShortcut(QtGui.QKeySequence(SWITCH_KEYS[mode]))
+            action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            action.triggered.connect(lambda _c=False, b=button: b.click() if b.isEnabled() else None)
+            self.addAction(action)
             self.switch_buttons[mode] = button
             actions.addWidget(button)
         self.switch_result = QtWidgets.QLabel("", objectName="muted")
