@@ -25,6 +25,10 @@ so the store can never hold a route the gateway reads differently from the file.
 The store has no table for ``breakers.default``: ``config apply`` keeps it in
 the audit log (:func:`app.gateway.control.stored_breaker_defaults`), where
 :func:`load_state` reads it.
+
+The prompt registry's active versions ride along (``ControlState.prompts``):
+promote and roll back bump the control version, so a gateway renders the new
+active version from its next poll on (docs/prompts.md).
 """
 
 from __future__ import annotations
