@@ -23,6 +23,16 @@ How the parts fit:
   (``resources/demo/weather.yaml``) switches the simulator's scenario.
 - :meth:`Demo.backfill` writes 24 h of simulated history with deterministic
   ids, so a second start inserts nothing twice.
+
+Stopping never makes failures up.  A caller that cancels is recorded by the
+gateway as ``client_error`` 499 (semantics.md section 2: the request got no
+answer), which is right for a real client and wrong for the demo stopping
+itself: the stored traffic would show failures nobody's dependency caused.
+So :meth:`Demo.stop_traffic` drains (every request already sent gets its
+route's deadline to finish, and is recorded as it ends), and only at
+:meth:`Demo.aclose`, when the app quits, are requests still outstanding after
+a short grace cancelled; their events are not stored as traffic, and how
+many there were is logged and kept in :attr:`DemoStatus.cancelled`.
 """
 
 from __future__ import annotations
@@ -75,6 +85,10 @@ _MAX_RETRY = 100_000
 _BACKFILL_CHUNK = 10_000
 #: Seconds the backfill leaves the store to other writers between its transactions.
 _BACKFILL_PAUSE_S = 0.05
+#: Seconds past the longest route deadline a request may take to end (the gateway's backstop).
+_DRAIN_MARGIN_S = 2.0
+#: When the app quits: seconds outstanding demo requests get before they are cancelled.
+_CLOSE_GRACE_S = 3.0
 
 
 # --- resources ------------------------------------------------------------------------------------
@@ -169,6 +183,8 @@ class DemoStatus:
     backfilling: bool
     sim_url: str | None
     errors: list[str] = field(default_factory=list)
+    #: Requests the demo cancelled itself at shutdown (not stored as traffic).
+    cancelled: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -206,6 +222,8 @@ class Demo:
         self._events = 0
         self._written = 0
         self._errors: list[str] = []
+        self._cancelled = 0
+        self._drain_s = 15.0 + _DRAIN_MARGIN_S
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._phase: WeatherPhase | None = None
         self._phase_ends: float | None = None
@@ -227,6 +245,9 @@ class Demo:
             self.sim = SimServer(first, seed=self.seed)
             await self.sim.start("127.0.0.1", 0)
             config = demo_config(self.sim.openai_base_url, self.sim.anthropic_base_url)
+            deadlines = [r.deadline_s for r in config.routes if r.deadline_s]
+            if deadlines:
+                self._drain_s = max(deadlines) + _DRAIN_MARGIN_S
             if self._own_pipeline:
                 self.pipeline.start()
             self.gateway = Gateway(
@@ -237,7 +258,7 @@ class Demo:
                 source=DEMO_SOURCE,
                 rng=random.Random(self.seed),
             )
-            self.gateway.add_event_listener(self._buffer.append)
+            self.gateway.add_event_listener(self._on_event)
             await self.gateway.start()
         except BaseException:
             await self.aclose()
@@ -265,8 +286,14 @@ class Demo:
         self._tasks["traffic"] = loop.create_task(self.generator.run(), name="controlroom-demo-traffic")
         self._tasks["weather"] = loop.create_task(self._weather_loop(), name="controlroom-demo-weather")
 
-    async def stop_traffic(self, grace_s: float = 5.0) -> None:
-        """No new requests from now on; outstanding ones get ``grace_s`` to finish, and are recorded."""
+    async def stop_traffic(self, grace_s: float | None = None) -> None:
+        """No new requests from now on; outstanding ones are recorded as they end.
+
+        They get ``grace_s`` (default: the longest route deadline, which the gateway enforces,
+        plus a margin) to finish; any left after that are cancelled and not stored as traffic.
+        """
+        if grace_s is None:
+            grace_s = self._drain_s
         weather = self._tasks.pop("weather", None)
         if weather is not None:
             weather.cancel()
@@ -276,7 +303,13 @@ class Demo:
         self._phase_ends = None
         gen = self.generator
         if gen is not None:
-            await gen.stop(grace_s)
+            cancelled = await gen.stop(grace_s)
+            if cancelled:
+                log.info(
+                    "demo: %d request(s) still outstanding after %g s were cancelled and not stored as traffic",
+                    cancelled,
+                    grace_s,
+                )
         traffic = self._tasks.pop("traffic", None)
         if traffic is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -308,7 +341,7 @@ class Demo:
         if self._closed:
             return
         self._closed = True
-        await self.stop_traffic(grace_s=1.0)
+        await self.stop_traffic(grace_s=_CLOSE_GRACE_S)
         backfill = self._tasks.pop("backfill", None)
         if backfill is not None:  # a thread cannot be cancelled; it stops at the next minute (_closed)
             with contextlib.suppress(Exception):
@@ -363,9 +396,20 @@ class Demo:
             if self.sim is not None and self._started and not self._closed
             else None,
             errors=list(self._errors[-5:]),
+            cancelled=self._cancelled,
         )
 
     # --- traffic ----------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        """The gateway's event listener (on the loop, in the request's task)."""
+        gen = self.generator
+        if event.status_code == 499 and gen is not None and gen.cancelled_by_stop():
+            # The demo cancelled this request itself (shutting down): not a failure of the
+            # traffic, so not stored as one.  Counted, and said once the stop is done.
+            self._cancelled += 1
+            return
+        self._buffer.append(event)
 
     async def _send(self, spec: RequestSpec) -> object:
         gw = self.gateway
@@ -423,7 +467,7 @@ class Demo:
         self._events += len(self._buffer)
         events = self._retry + self._buffer
         self._retry = []
-        self._buffer.clear()  # in place: the gateway's listener is this list's append
+        self._buffer.clear()
         try:
             fut = self.pipeline.submit(Batch(events=events), block=False)
         except Exception as exc:  # the pipeline stopped under us: say so, never lose silently

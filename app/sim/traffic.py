@@ -21,6 +21,12 @@ What the traffic looks like, deterministic for a seed:
 - some streamed requests, and now and then a very long prompt (thousands of
   tokens) that the routes send to a stronger target and the outlier views
   pick out.
+
+Stopping drains: no new arrivals, and the requests already sent get
+``grace_s`` to finish.  Only those still outstanding after that are
+cancelled, and :meth:`TrafficGenerator.cancelled_by_stop` lets whoever
+records events tell such a cancellation (the generator's own doing, not
+the traffic's) from a caller that gave up.
 """
 
 from __future__ import annotations
@@ -231,6 +237,7 @@ class TrafficStats:
     completed: int = 0  # send() returned
     failed: int = 0  # send() raised
     skipped: int = 0  # arrivals dropped because max_in_flight were outstanding
+    cancelled: int = 0  # still outstanding when stop()'s grace ran out, and cancelled
     long_prompts: int = 0
     in_flight: int = 0
 
@@ -253,6 +260,7 @@ class TrafficGenerator:
         self._clock = clock
         self._t0: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cancelled: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._running = False
         self.stats = TrafficStats()
@@ -315,13 +323,33 @@ class TrafficGenerator:
         finally:
             self.stats.in_flight -= 1
 
-    async def stop(self, grace_s: float = 2.0) -> None:
-        """Stop new arrivals; give outstanding requests ``grace_s`` to finish, then cancel them."""
+    def cancelled_by_stop(self, task: asyncio.Task[Any] | None = None) -> bool:
+        """Whether ``task`` (default: the current one) is a request :meth:`stop` is cancelling."""
+        if task is None:
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # no running loop: not one of ours
+                return False
+        return task is not None and task in self._cancelled
+
+    async def stop(self, grace_s: float = 2.0) -> int:
+        """Stop new arrivals; give outstanding requests ``grace_s`` to finish, then cancel the rest.
+
+        Returns how many were cancelled (also in ``stats.cancelled``).
+        """
         self._stopping.set()
         pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            _done, still = await asyncio.wait(pending, timeout=grace_s)
+        if not pending:
+            return 0
+        _done, still = await asyncio.wait(pending, timeout=grace_s)
+        if not still:
+            return 0
+        self._cancelled.update(still)
+        try:
             for t in still:
                 t.cancel()
-            if still:
-                await asyncio.gather(*still, return_exceptions=True)
+            await asyncio.gather(*still, return_exceptions=True)
+        finally:
+            self._cancelled.difference_update(still)
+        self.stats.cancelled += len(still)
+        return len(still)

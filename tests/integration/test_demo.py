@@ -225,3 +225,54 @@ def test_events_a_busy_store_refused_are_written_later_not_lost(store: Store) ->
             pipeline.stop()
 
     asyncio.run(main())
+
+
+#: Every answer takes about 2 s to start: requests are always in flight.
+SLOW = WeatherSchedule(
+    (
+        WeatherPhase(
+            {
+                "name": "slow",
+                "description": "Answers start after about 2 s.",
+                "defaults": {"ttft": {"median": 2.0, "p95": 2.5}, "tokens_per_s": 0},
+            },
+            600.0,
+        ),
+    ),
+    loop=False,
+)
+
+
+def test_the_demo_stopping_itself_records_no_failures(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop drains (every request sent is recorded as it ends); quitting cancels the rest unrecorded."""
+    import app.demo
+
+    monkeypatch.setattr(app.demo, "_CLOSE_GRACE_S", 0.1)
+    live = LiveAggregator()
+    cancelled_errors = EventFilter(failures=(Failure.CLIENT_ERROR,))
+
+    async def main() -> None:
+        demo = Demo(store, live, seed=4, profile=FAST, weather=SLOW, backfill_hours=0)
+        await demo.start()
+        try:
+            gen = demo.generator
+            assert gen is not None
+            assert await wait_for(lambda: gen.stats.in_flight >= 5), demo.status()
+            await demo.stop_traffic()  # drains: the requests in flight end on their own
+            st = demo.status()
+            assert gen.stats.cancelled == 0 and st.cancelled == 0
+            assert st.sent == gen.stats.completed + gen.stats.failed == count_events(store.engine)
+            assert count_events(store.engine, cancelled_errors) == 0
+
+            demo.start_traffic()
+            assert await wait_for(lambda: gen.stats.in_flight >= 5), demo.status()
+        finally:
+            await demo.aclose()  # quitting: a short grace, then the rest are cancelled
+        st = demo.status()
+        assert st.cancelled >= 5 and gen.stats.cancelled == st.cancelled
+        assert count_events(store.engine, cancelled_errors) == 0, (
+            "the demo's own cancellations stored as failures"
+        )
+        assert count_events(store.engine) == st.written == st.sent - st.cancelled
+
+    asyncio.run(main())
