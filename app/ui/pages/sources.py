@@ -695,6 +695,31 @@ class SourcesPage(QtWidgets.QWidget):
             "endpoint to poll, or a provider's usage API (Add source above). To read a file once: "
             "controlroom ingest PATH."
         )
+        quick = QtWidgets.QHBoxLayout()
+        quick.addStretch(1)
+        self.quick_add: dict[str, QtWidgets.QPushButton] = {}
+        for kind, label in (
+            ("jsonl", "Follow a JSONL file"),
+            ("otlp", "Receive OTLP spans"),
+            ("http_poll", "Poll an endpoint"),
+            ("usage_api", "Read a usage API"),
+        ):
+            button = QtWidgets.QPushButton(label)
+            button.setToolTip(KIND_HELP[kind])
+            button.clicked.connect(lambda _c=False, k=kind: self.start_add(k))
+            self.quick_add[kind] = button
+            quick.addWidget(button)
+        quick.addStretch(1)
+        empty_layout = self.empty.layout()
+        assert isinstance(empty_layout, QtWidgets.QVBoxLayout)
+        # Text and buttons together in the middle of the box.
+        self.empty.label.setSizePolicy(
+            QtWidgets.QSizePolicy.Policy.Preferred, QtWidgets.QSizePolicy.Policy.Maximum
+        )
+        empty_layout.insertStretch(0, 1)
+        empty_layout.addSpacing(8)
+        empty_layout.addLayout(quick)
+        empty_layout.addStretch(1)
         self.stack = QtWidgets.QStackedWidget()
         self.stack.addWidget(self.table)
         self.stack.addWidget(self.empty)
@@ -773,6 +798,7 @@ class SourcesPage(QtWidgets.QWidget):
         records.setStretchFactor(1, 1)
         lower_layout.addWidget(records, 1)
 
+        self.lower = lower
         split = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.stack)
         split.addWidget(lower)
@@ -886,12 +912,22 @@ class SourcesPage(QtWidgets.QWidget):
         self._sync_filter(rows)
         self._sync_buttons()
         self._summarise(rows)
+        # Nothing configured and nothing ever quarantined: the next step is all there is to show.
+        self.lower.setVisible(bool(rows) or bool(self.counts))
 
     def _summarise(self, rows: list[SourceRow]) -> None:
         running = sum(1 for r in rows if r.state == "running")
         paused = sum(1 for r in rows if r.paused)
         failing = sum(1 for r in rows if r.state_key == "bad")
         quarantined = sum(self.counts.values())
+        if not rows:
+            text = "No sources configured."
+            if quarantined:
+                text += f" {quarantined:,} records quarantined earlier (by controlroom ingest or removed sources)."
+            if self._gateway_getter() is not None:
+                text += " The demo's traffic comes from the in-process gateway, not from a source."
+            self.summary.setText(text)
+            return
         parts = [f"{len(rows)} source{'s' if len(rows) != 1 else ''}", f"{running} running"]
         if paused:
             parts.append(f"{paused} paused")
