@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Dirty 5-minute blocks compacted per pass (a backlog is worked through in several passes).
 COMPACT_MAX_BLOCKS = 288
+#: Seconds after start of the first compaction pass (then every ``compact_every_s``).
+FIRST_COMPACTION_S = 5.0
 #: Seconds between rebuilds of today's day rows (a day's rows merge 24 hours of sketches).
 TODAY_EVERY_S = 900.0
 _DAY = 86_400
@@ -487,7 +489,12 @@ class Collector:
             (self.watch_every_s, self._watch_version, "watch"),
         ):
             if every is not None and every > 0:
-                self._tasks.append(asyncio.create_task(self._every(every, job), name=f"collector-{name}"))
+                # A store opened with a backlog (a big `controlroom ingest`, a day offline) gets its
+                # history tiers soon after start, not a full period later: charts read them.
+                first = min(every, FIRST_COMPACTION_S) if name == "compact" else every
+                self._tasks.append(
+                    asyncio.create_task(self._every(every, job, first), name=f"collector-{name}")
+                )
 
     async def aclose(self) -> None:
         """Stop every source (letting in-flight writes finish), the maintenance loops, and an owned pipeline.
@@ -780,10 +787,11 @@ class Collector:
             if entry.source is not None:
                 entry.sample(time.monotonic(), entry.status().ingested)
 
-    async def _every(self, seconds: float, job: Any) -> None:
+    async def _every(self, seconds: float, job: Any, first: float | None = None) -> None:
+        await asyncio.sleep(seconds if first is None else first)
         while True:
-            await asyncio.sleep(seconds)
             await job()
+            await asyncio.sleep(seconds)
 
 
 def _otlp_address(settings: Mapping[str, Any]) -> tuple[str, int]:

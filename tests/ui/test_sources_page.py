@@ -23,6 +23,7 @@ from app.ui.models.sources_model import COL_QUARANTINED, COL_RATE, COL_STATE, So
 from app.ui.pages.sources import SourcesPage
 from app.ui.qt import Qt, QTimer, QtWidgets
 from storage.engine import Store, open_store
+from storage.queries.compaction import dirty_blocks
 from storage.queries.control import get_control_version, list_audit, save_object
 from storage.queries.events import count_events
 from storage.queries.quarantine import count_quarantined_by_source, insert_quarantined
@@ -473,6 +474,10 @@ def test_the_apps_collector_runs_a_source_added_on_the_page(qtbot: Any, tmp_path
         with log.open("a", encoding="utf-8") as f:
             f.write(Event(ts_start=now, ts_end=now + 1, provider="openai", model="m").to_json() + "\n")
         qtbot.waitUntil(lambda: count_events(app.store.engine) == 6, timeout=10_000)
+        # The app compacts the history tiers too (charts over days read them), soon after it starts.
+        qtbot.waitUntil(lambda: app.collector.maintenance.compactions >= 1, timeout=30_000)
+        assert app.collector.maintenance.last_compaction_error is None
+        assert not dirty_blocks(app.store.engine)
         qtbot.waitUntil(
             lambda: (page.model.row_at(0).report or report("x", ingested=0)).ingested == 6, timeout=10_000
         )
