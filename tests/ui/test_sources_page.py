@@ -321,6 +321,26 @@ def test_pause_and_remove_ask_first_and_remove_can_be_undone(
 # --- live status and quarantine --------------------------------------------------------------------------
 
 
+def test_the_window_shows_source_health_in_the_status_bar_and_the_rail(qtbot: Any) -> None:
+    from app.ui.main_window import MainWindow
+
+    window = MainWindow()
+    qtbot.addWidget(window)
+    window.show_source_statuses(
+        [report("a"), report("b", state=SourceState.ERROR, last_error="cannot connect")]
+    )
+    assert window.status.sources.text() == "sources: 1/2 ok ⚠"
+    assert "b: error — cannot connect" in window.status.sources.toolTip()
+    rail = [window.rail.item(i).text() for i in range(window.rail.count())]
+    assert "Sources  ⚠ 1" in rail
+    window.show_source_statuses([report("a"), report("b", paused=True, state=SourceState.PAUSED)])
+    assert window.status.sources.text() == "sources: 1/1 ok" and "Sources" in [
+        window.rail.item(i).text() for i in range(window.rail.count())
+    ]
+    page = window.pages["sources"]
+    assert isinstance(page, SourcesPage) and page.reports is not None and len(page.reports) == 2
+
+
 def test_live_reports_fill_the_status_columns(page: SourcesPage, store: Store) -> None:
     save_source_config(store.engine, SourceConfig("a", "otlp", {}), actor="t")
     page.refresh()
@@ -382,7 +402,7 @@ def test_quarantined_records_show_with_their_reasons(qtbot: Any, page: SourcesPa
             ("other", "line 3", "missing field: provider", "{}", None),
         ],
     )
-    page.refresh()
+    qtbot.mouseClick(page.quarantine_refresh, Qt.MouseButton.LeftButton)
     assert page.model.data(page.model.index(0, COL_QUARANTINED)) == "2"
     assert page.quarantine.rowCount() == 3  # all sources at first
     page.select("app-log")

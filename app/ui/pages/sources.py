@@ -65,8 +65,10 @@ from storage.queries.source_configs import (
     set_source_paused,
 )
 
-#: How often the page reads the store again while it is shown (configs, quarantine counts).
+#: How often the page reads the store again while it is shown (configs, providers).
 REFRESH_MS = 2000
+#: Seconds between quarantine counts when no source reports a new rejection.
+COUNT_EVERY_S = 30.0
 
 KIND_HELP = {
     "jsonl": "Follow a JSONL log file like tail -F: rotation, truncation and a file that appears later are handled; "
@@ -614,6 +616,9 @@ class SourcesPage(QtWidgets.QWidget):
         self._gateway_getter: Callable[[], Any] = lambda: None
         self._busy = False
         self._retry_pending = False
+        self._counts_stale = True
+        self._counted_at = 0.0
+        self._rejected_seen = 0
         self.loaded = False
         self.configs: list[SourceConfig] = []
         self.counts: dict[str, int] = {}
@@ -832,8 +837,10 @@ class SourcesPage(QtWidgets.QWidget):
         store = self._store_getter()
         return store.engine if store is not None else None
 
-    def refresh(self) -> None:
-        """Read the stored configs, the quarantine counts and the providers (off the GUI thread)."""
+    def refresh(self, recount: bool = False) -> None:
+        """Read the stored configs and providers, and the quarantine counts when due (off the GUI thread)."""
+        if recount:
+            self._counts_stale = True
         engine = self._engine()
         if self._runner is not None and engine is None and not self._retry_pending:
             # The store is still opening: look again shortly rather than at the next tick.
@@ -844,10 +851,18 @@ class SourcesPage(QtWidgets.QWidget):
         if self.loaded and not self.isVisible():
             return  # nobody is looking: read again when the page shows
         self._busy = True
+        # Counting the quarantine scans it: only when a source rejected something new, or now and then
+        # (records quarantined by `controlroom ingest` or another collector).
+        count = self._counts_stale or time.monotonic() - self._counted_at >= COUNT_EVERY_S
 
-        def work() -> tuple[list[SourceConfig], dict[str, int], dict[str, str]]:
+        def work() -> tuple[list[SourceConfig], dict[str, int] | None, dict[str, str]]:
             providers = {p["name"]: str(p.get("kind")) for p in list_objects(engine, "provider")}
-            return list_source_configs(engine), count_quarantined_by_source(engine), providers
+            counts = count_quarantined_by_source(engine) if count else None
+            return list_source_configs(engine), counts, providers
+
+        if count:
+            self._counts_stale = False
+            self._counted_at = time.monotonic()
 
         self._runner(work, self._on_loaded, self._on_error)
 
@@ -866,12 +881,13 @@ class SourcesPage(QtWidgets.QWidget):
         self.timer.stop()
         super().hideEvent(event)
 
-    def _on_loaded(self, result: tuple[list[SourceConfig], dict[str, int], dict[str, str]]) -> None:
+    def _on_loaded(self, result: tuple[list[SourceConfig], dict[str, int] | None, dict[str, str]]) -> None:
         self._busy = False
         first = not self.loaded
         self.loaded = True
         self.error = ""
-        configs, counts, providers = result
+        configs, fresh, providers = result
+        counts = self.counts if fresh is None else fresh
         counts_changed = counts != self.counts
         self.configs, self.counts, self.providers = configs, counts, providers
         self.editor.set_providers(providers)
@@ -889,6 +905,11 @@ class SourcesPage(QtWidgets.QWidget):
     # -- live statuses (pushed by the app's collector) -----------------------------------------------------
     def apply_reports(self, reports: list[SourceReport]) -> None:
         self.reports = list(reports)
+        rejected = sum(r.rejected for r in reports)
+        if rejected != self._rejected_seen:  # new bad records: count the quarantine at the next refresh
+            self._rejected_seen = rejected
+            self._counts_stale = True
+            QTimer.singleShot(300, self.refresh)  # once the writer has committed them
         if self.loaded:
             self._rebuild()
 
@@ -1012,6 +1033,7 @@ class SourcesPage(QtWidgets.QWidget):
         self.quarantine.set_sources(list(keys) if keys is not None else None)
 
     def _reload_quarantine(self) -> None:
+        self.refresh(recount=True)
         self.quarantine.reload()
 
     def _quarantine_loaded(self, shown: int, total: int) -> None:
