@@ -80,6 +80,7 @@ def make_page(qtbot: Any, store: Store) -> Callable[[], RoutingPage]:
         qtbot.addWidget(page)
         page.confirm = Confirmer()
         page.attach_store(lambda: store, run_now)
+        page.timer.stop()
         page.resize(1300, 900)
         page.show()
         return page

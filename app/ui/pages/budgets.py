@@ -92,7 +92,9 @@ def paint_bar(  # noqa: PLR0917 - one picture, drawn in two places
     painter.drawLine(QtCore.QPointF(x(1.0), track.top() - 2), QtCore.QPointF(x(1.0), track.bottom() + 2))
     metrics = painter.fontMetrics()
     marks = [(lv, f"{lv * 100:g}%") for lv in levels] + [(1.0, "limit")]
-    for lv, text in marks:
+    right_edge = track.right()
+    # Right to left, so a label never overlaps the one to its right ("95%" beside "limit").
+    for lv, text in sorted(marks, reverse=True):
         done = any(abs(lv - f) < 1e-9 for f in fired) or (lv >= 1.0 and ratio >= 1.0)
         colour = QtGui.QColor(colors.text if done else colors.muted)
         if lv < 1.0:
@@ -105,10 +107,13 @@ def paint_bar(  # noqa: PLR0917 - one picture, drawn in two places
             font = painter.font()
             font.setBold(done)
             painter.setFont(font)
-            w = metrics.horizontalAdvance(text) + (4 if done else 0)
-            tx = min(max(track.left(), x(lv) - w / 2), track.right() - w)
+            w = QtGui.QFontMetricsF(font).horizontalAdvance(text)
+            tx = min(max(track.left(), x(lv) - w / 2), right_edge - w)
+            if tx < track.left():
+                continue  # no room left of its neighbour: the tooltip still lists it
             painter.setPen(colour)
             painter.drawText(QtCore.QPointF(tx, track.bottom() + 2 + metrics.ascent()), text)
+            right_edge = tx - 6
     painter.restore()
 
 
@@ -294,6 +299,7 @@ class BudgetsPage(QtWidgets.QWidget):
         self.table.setShowGrid(False)
         self.table.setAlternatingRowColors(True)
         self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.horizontalHeader().setMinimumSectionSize(60)
         self.table.setItemDelegateForColumn(3, _BarDelegate(self.table))
         metrics = self.table.fontMetrics()
         for col, sample in enumerate(
@@ -595,6 +601,7 @@ class BudgetsPage(QtWidgets.QWidget):
                 + self.table.frameWidth() * 2
                 + 4
             )
+            height += self.table.horizontalScrollBar().sizeHint().height()  # when a narrow window needs it
             self.stack.setMinimumHeight(height)
             self.stack.setMaximumHeight(height if len(snap.budgets) <= 10 else 16777215)
         names = [r.name for r in snap.budgets]
@@ -612,7 +619,14 @@ class BudgetsPage(QtWidgets.QWidget):
             return
         row = names.index(current) if current in names else 0
         self._select_row(row)
-        self.load_record(snap.budgets[row])
+        rec = snap.budgets[row]
+        old = self.record
+        if old is not None and (rec.name, rec.revision, rec.budget) == (old.name, old.revision, old.budget):
+            self.record = rec  # unchanged in the store: new standing only; the form keeps its focus
+            self._set_editing(True)
+            self._show_standing(rec)
+            return
+        self.load_record(rec)
 
     def _select_row(self, row: int) -> None:
         self.table.blockSignals(True)
@@ -823,7 +837,12 @@ class BudgetsPage(QtWidgets.QWidget):
                 if key in scope and scope[key] not in known:
                     errors.append(("scope", f"scope {key} `{scope[key]}` does not exist in the store"))
             taken = {r.name for r in snap.budgets}
-            if self.record is not None and self.record.revision is None and budget.name in taken:
+            if (
+                self.record is not None
+                and self.record.revision is None
+                and budget.name in taken
+                and not snap.read_only
+            ):
                 errors.append(("name", f"a budget called `{budget.name}` already exists"))
             rolling = "period" not in {k for k, _ in errors} and parse_period(budget.period).kind == "rolling"
             if rolling and budget.timezone != "UTC":

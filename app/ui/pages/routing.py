@@ -41,6 +41,9 @@ from storage.queries.control import StaleRevision
 
 Confirm = Callable[[str, str, str], bool]
 
+#: How often the page reads the routes again while it is shown (its own edits are kept).
+REFRESH_MS = 5000
+
 #: Stands in for a field that does not parse, so the rest of the route can still be checked;
 #: problems that mention it are not shown (the field's own message says what is wrong).
 UNPARSED = "\u2060unparsed"
@@ -675,6 +678,9 @@ class RoutingPage(QtWidgets.QWidget):
 
         self._validate_timer = QTimer(self, interval=120, singleShot=True)
         self._validate_timer.timeout.connect(self.validate)
+        # Another operator (or `config apply`) may change routes while the page is open.
+        self.timer = QTimer(self, interval=REFRESH_MS)
+        self.timer.timeout.connect(self._tick)
 
         save = QtGui.QShortcut(QtGui.QKeySequence.StandardKey.Save, self)
         save.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
@@ -693,6 +699,11 @@ class RoutingPage(QtWidgets.QWidget):
                 gateway if callable(gateway) and not hasattr(gateway, "state") else (lambda: gateway)
             )
         self.refresh()
+        self.timer.start()
+
+    def _tick(self) -> None:
+        if self.isVisible() and not self.dirty and not self._busy:
+            self.refresh()
 
     def _gateway_config(self) -> ControlConfig | None:
         gw = self._gateway_getter()
@@ -774,7 +785,13 @@ class RoutingPage(QtWidgets.QWidget):
         self.list.blockSignals(True)
         self.list.setCurrentRow(row)
         self.list.blockSignals(False)
-        self.load_record(snap.routes[row])
+        rec = snap.routes[row]
+        old = self.record
+        if old is not None and (rec.name, rec.revision, rec.route) == (old.name, old.revision, old.route):
+            self.record = rec  # unchanged in the store: leave the form (and the focus) alone
+            self._set_editing(True)
+            return
+        self.load_record(rec)
 
     # -- loading the form ------------------------------------------------------------------
     @property
@@ -1120,7 +1137,13 @@ class RoutingPage(QtWidgets.QWidget):
                 if UNPARSED not in p.message and not (bad_deadline and "deadline" in p.message)
             ]
             taken = {r.name for r in (self.snapshot.routes if self.snapshot else [])}
-            if self.record is not None and self.record.revision is None and built.name in taken:
+            read_only = self.snapshot is not None and self.snapshot.read_only
+            if (
+                self.record is not None
+                and self.record.revision is None
+                and built.name in taken
+                and not read_only
+            ):
                 self.problems.insert(0, Problem(("name",), f"a route called `{built.name}` already exists"))
             if built.name in (self.snapshot.targets if self.snapshot else {}):
                 self.problems.insert(
