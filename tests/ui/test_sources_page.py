@@ -204,29 +204,75 @@ def test_a_bearer_token_goes_to_the_keyring_never_to_the_store(
     }
     assert editor.token.text() == ""  # the typed secret does not linger in the form
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("store.sqlite3*"))
-    assert b"sk-remote-secret-123" not in raw
+    assert raw and b"sk-remote-secret-123" not in raw
 
 
 @pytest.mark.keyring
-def test_a_bearer_token_is_stored_in_a_real_keyring(qtbot: Any, page: SourcesPage, store: Store) -> None:
+def test_a_bearer_token_is_stored_in_a_real_keyring_and_used_by_the_poller(
+    qtbot: Any, page: SourcesPage, store: Store, tmp_path: Path
+) -> None:
+    """The token typed on the page reaches the remote only from the keyring: the store holds its reference."""
     from tests.keyring_support import require_secret_service
 
     require_secret_service()
-    from app.secrets import KeyKind, delete_key, get_key
+    from aiohttp import web
 
-    page.add_actions["http_poll"].trigger()
-    editor = page.editor
-    type_into(qtbot, editor.name, "remote-kr")
-    type_into(qtbot, editor.url, "http://127.0.0.1:9100/events")
-    choose(editor.token_mode, "keyring")
-    type_into(qtbot, editor.token, "sk-kr-token-456")
-    try:
-        save(qtbot, page)
-        saved = get_source_config(store.engine, "remote-kr")
-        assert saved is not None and saved.settings["token"] == "keyring:source.remote-kr"
-        assert get_key("source.remote-kr", KeyKind.API) == "sk-kr-token-456"
-    finally:
-        delete_key("source.remote-kr")
+    from app.runtime import Runtime
+    from app.secrets import KeyKind, delete_key, get_key
+    from app.sources.collector import Collector
+
+    token = "sk-kr-token-456"
+    seen: list[str | None] = []
+    now = time.time()
+    records = [
+        Event(ts_start=now - 20 + i, ts_end=now - 19 + i, provider="openai", model="remote").to_dict()
+        for i in range(4)
+    ]
+
+    async def serve() -> web.AppRunner:
+        async def page_handler(request: web.Request) -> web.Response:
+            seen.append(request.headers.get("Authorization"))
+            if request.headers.get("Authorization") != f"Bearer {token}":
+                return web.json_response({"error": "unauthorized"}, status=401)
+            start = int(request.query.get("after") or 0)
+            return web.json_response(
+                {"data": records[start:], "next_cursor": str(len(records)), "has_more": False}
+            )
+
+        app = web.Application()
+        app.router.add_get("/events", page_handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner
+
+    with Runtime() as runtime:
+        server = runtime.run(serve(), timeout=10)
+        url = f"http://127.0.0.1:{server.addresses[0][1]}/events"
+        page.add_actions["http_poll"].trigger()
+        editor = page.editor
+        type_into(qtbot, editor.name, "remote-kr")
+        type_into(qtbot, editor.url, url)
+        type_into(qtbot, editor.cursor_param, "after")
+        type_into(qtbot, editor.records_field, "data")
+        type_into(qtbot, editor.interval, "0.2")
+        choose(editor.token_mode, "keyring")
+        type_into(qtbot, editor.token, token)
+        collector = Collector(store, compact_every_s=None, retain_every_s=None, watch_every_s=0.1)
+        try:
+            save(qtbot, page)
+            saved = get_source_config(store.engine, "remote-kr")
+            assert saved is not None and saved.settings["token"] == "keyring:source.remote-kr"
+            assert get_key("source.remote-kr", KeyKind.API) == token
+            runtime.run(collector.start(), timeout=20)
+            qtbot.waitUntil(lambda: count_events(store.engine) == 4, timeout=15_000)
+            assert seen and all(h == f"Bearer {token}" for h in seen)
+        finally:
+            runtime.run(collector.aclose(), timeout=30)
+            runtime.run(server.cleanup(), timeout=10)
+            delete_key("source.remote-kr")
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("store.sqlite3*"))
+    assert raw and token.encode() not in raw
 
 
 def test_a_usage_source_names_a_provider_with_a_usage_api(
