@@ -58,4 +58,4 @@ def _no_leaked_threads() -> Iterator[None]:
 
 # Shared fixtures that need a real server (PostgreSQL) live in their own module
 # so that one place decides how the server is started (platform-notes.md).
-pytest_plugins = ["tests.postgres", "tests.integration.sim_fixtures"]
+pytest_plugins = ["tests.postgres", "tests.integration.sim_fixtures", "tests.secret_scan"]

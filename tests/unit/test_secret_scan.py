@@ -1,0 +1,32 @@
+"""The end-of-run secret scan (tests/secret_scan.py) finds a key where the code writes, and only there."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from tests.secret_scan import scan
+
+
+def test_a_key_in_a_store_file_log_or_export_is_found(tmp_path: Path) -> None:
+    db = tmp_path / "home" / "store.db"
+    db.parent.mkdir()
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table t (v text)")
+        conn.execute("insert into t values ('Bearer sk-proj-Abc123Def456Ghi789')")
+    (tmp_path / "gateway.log").write_text("calling with sk-ant-test-engine-0001\n")
+    (tmp_path / "audit-export.json").write_text('{"after": {"api_key": "sk-live-0123456789"}}')
+    found = scan(tmp_path)
+    assert sorted(Path(f.rsplit(":", 1)[0]).name for f in found) == [
+        "audit-export.json",
+        "gateway.log",
+        "store.db",
+    ]
+    assert all("sk-" not in f for f in found)  # it says where, never the key
+
+
+def test_inputs_a_test_wrote_and_clean_outputs_are_not_flagged(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("api_key: sk-live-abcdefghijk\n")  # an input, refused by the code
+    (tmp_path / "events.csv").write_text("provider,model\nopenai,gpt-4o-mini\n")
+    (tmp_path / "store.db").write_bytes(b"SQLite format 3\x00 api_key_ref keyring:controlroom/openai")
+    assert scan(tmp_path) == []
