@@ -327,32 +327,40 @@ def test_connection_test_against_the_simulator(
     _target_dialog(page).reject()
 
 
-def test_builtin_providers_of_a_running_gateway_are_listed_read_only(qtbot: object, store: Store) -> None:
+def test_builtin_providers_of_a_running_gateway_are_listed_read_only(
+    qtbot: object,
+    store: Store,
+    sim: SimServer,  # noqa: F811
+) -> None:
     config = parse_config(
-        "providers:\n  - {name: openai-sim, kind: openai, base_url: 'http://127.0.0.1:9/v1', api_key: none}\n"
+        f"providers:\n  - {{name: openai-sim, kind: openai, base_url: '{sim.openai_base_url}', api_key: none}}\n"
         "targets:\n  - {name: fast, provider: openai-sim, model: gpt-4o-mini}\n",
         "demo.yaml",
     )
 
-    class FakeState:  # the one attribute the page reads of a gateway: its current config
+    class State:  # what the page reads of a gateway: its current config, and how it finds keys
         def __init__(self) -> None:
             self.config = config
 
     class Gateway:
-        state = FakeState()
+        state = State()
+
+        @staticmethod
+        def _key_resolver(_provider: str, _ref: str) -> str:
+            return GOOD_KEY  # the demo's gateway hands its providers a fake key, never the keyring's
 
     view = load_providers(store.engine, config)
     assert view.builtin and [p.name for p in view.providers] == ["openai-sim"]
     page = _page(qtbot, store, Gateway())
     assert page.providers.index(0, 0).data() == "openai-sim  (built-in)"
     page.select_provider("openai-sim")
-    assert (
-        page.test_button.isEnabled()
-        and not page.edit_button.isEnabled()
-        and not page.remove_button.isEnabled()
-    )
+    assert page.test_button.isEnabled() and not page.edit_button.isEnabled()
+    assert not page.remove_button.isEnabled()
     assert page.targets.rowCount() == 1 and not page.add_target_button.isEnabled()
     assert page.builtin_label.text().startswith("Rows marked “built-in”")
+    page.test_button.click()
+    assert "openai-sim: Connected." in page.result_label.text()
+    assert "gpt-4o-mini" in page.result_label.text()  # the call used the target's model
 
 
 def test_no_keyring_is_said_at_the_field_and_nothing_is_stored(qtbot: object, store: Store) -> None:
@@ -379,6 +387,21 @@ def test_no_keyring_is_said_at_the_field_and_nothing_is_stored(qtbot: object, st
         assert "No secure keyring here" in d.errors["api_key"].text()
         assert q.list_objects(store.engine, "provider") == []
         d.reject()
+
+        # A provider whose key sits in a keyring we cannot reach now can still be edited: the key is kept.
+        q.save_object(
+            store.engine, "provider", {"name": "kept", "kind": "openai"}, expected_revision=None, actor="a"
+        )
+        page.reload()
+        page.select_provider("kept")
+        assert "keyring (unavailable)" in page.providers.index(page.providers.row_of("kept"), 3).data()  # type: ignore[arg-type]
+        page.edit_button.click()
+        d = _provider_dialog(page)
+        _type(d.rpm, "30")
+        _enter(d)
+        assert not d.isVisible(), d.banner.text()
+        kept = q.get_object(store.engine, "provider", "kept")
+        assert kept is not None and kept["rpm"] == 30 and kept["api_key_ref"] == "keyring:controlroom/kept"
     finally:
         keyring.set_keyring(previous)
 

@@ -140,7 +140,7 @@ class RevertDialog(QtWidgets.QDialog):
         what.setWordWrap(True)
         layout.addWidget(what)
         made = QtWidgets.QLabel(
-            f"#{entry.id} was a {entry.action} by {entry.actor} at {fmt_local(entry.ts)}"
+            f"#{entry.id} ({entry.action}) was made by {entry.actor} at {fmt_local(entry.ts)}"
             + (f": “{entry.reason}”" if entry.reason else "."),
             objectName="muted",
         )
@@ -156,8 +156,7 @@ class RevertDialog(QtWidgets.QDialog):
         self.reason = QtWidgets.QLineEdit()
         self.reason.setPlaceholderText("why (written to the audit log as “revert of #ID: …”)")
         form.addRow("Reason", self.reason)
-        self.reason_error = QtWidgets.QLabel("A reason is required: the next operator must know why.")
-        self.reason_error.setStyleSheet(f"color: {current_colors().bad};")
+        self.reason_error = QtWidgets.QLabel("Required: the next operator must know why.", objectName="muted")
         form.addRow("", self.reason_error)
         layout.addLayout(form)
         buttons = QtWidgets.QDialogButtonBox(
@@ -171,7 +170,12 @@ class RevertDialog(QtWidgets.QDialog):
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
         self.reason.textChanged.connect(self._check)
+        self.reason.returnPressed.connect(self._missing_reason)
         self.reason.setFocus()
+
+    def _missing_reason(self) -> None:
+        if not self.reason.text().strip():  # Enter with no reason: say why at the field
+            self.reason_error.setStyleSheet(f"color: {current_colors().bad};")
 
     def _check(self, text: str) -> None:
         ok = bool(text.strip())
@@ -180,7 +184,9 @@ class RevertDialog(QtWidgets.QDialog):
 
     def accept(self) -> None:
         if not self.reason.text().strip():
-            return  # Enter with no reason: stay, the message at the field says why
+            # Enter with no reason: stay, and say why at the field.
+            self.reason_error.setStyleSheet(f"color: {current_colors().bad};")
+            return
         super().accept()
 
 

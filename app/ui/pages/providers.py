@@ -52,6 +52,8 @@ from storage.queries.control import (
     save_object,
 )
 
+#: How often the page reads the store again while it is shown.
+REFRESH_MS = 5000
 KIND_LABELS = {"openai": "OpenAI", "anthropic": "Anthropic", "openai_compatible": "OpenAI-compatible"}
 URL_HINTS = {
     "openai": "https://api.openai.com/v1 (empty: the public API)",
@@ -624,9 +626,10 @@ class ProviderDialog(_Editor):
         self.tpm.setPlaceholderText("no limit")
         self.reason = QtWidgets.QLineEdit()
         self.reason.setPlaceholderText("optional: why, for the audit log")
-        self.has_stored_key = bool(row and row.api_key_ref.startswith("keyring") and row.key_ok)
+        # A key we cannot check (keyring unavailable right now) may well be there: keep it unless replaced.
+        self.has_stored_key = bool(row and row.api_key_ref.startswith("keyring") and row.key_ok is not False)
         self.has_stored_admin = bool(
-            row and row.admin_key_ref and row.admin_key_ref.startswith("keyring") and row.key_ok
+            row and row.admin_key_ref and row.admin_key_ref.startswith("keyring") and row.key_ok is not False
         )
         if row is not None:
             self._load_ref(row.api_key_ref, self.key_source, self.api_env, self.api_key, self.has_stored_key)
@@ -917,6 +920,7 @@ class ProvidersPage(QtWidgets.QWidget):
         self.targets_table.selectionModel().selectionChanged.connect(self._sync_buttons)
         lower_layout.addWidget(self.targets_table, 1)
 
+        self.lower = lower
         split = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.stack)
         split.addWidget(lower)
@@ -937,6 +941,9 @@ class ProvidersPage(QtWidgets.QWidget):
         self.setTabOrder(self.remove_target_button, self.targets_table)
         self._retry = QTimer(self, singleShot=True, interval=500)
         self._retry.timeout.connect(self.reload)
+        # Read again now and then while shown: other operators, `config apply`, a gateway starting.
+        self.timer = QTimer(self, interval=REFRESH_MS)
+        self.timer.timeout.connect(self._tick)
         self._sync_buttons()
 
     @staticmethod
@@ -981,6 +988,11 @@ class ProvidersPage(QtWidgets.QWidget):
                 gateway if callable(gateway) and not hasattr(gateway, "state") else (lambda: gateway)
             )
         self.reload()
+        self.timer.start()
+
+    def _tick(self) -> None:
+        if (self.isVisible() or self.view is None) and self.dialog is None and self.confirm is None:
+            self.reload()
 
     def showEvent(self, event: QtGui.QShowEvent) -> None:
         super().showEvent(event)
@@ -1014,6 +1026,7 @@ class ProvidersPage(QtWidgets.QWidget):
         self.view = view
         self.providers.set_rows(view.providers)
         self.stack.setCurrentWidget(self.table if view.providers else self.empty)
+        self.lower.setVisible(bool(view.providers))
         if not view.providers:
             self.empty.setText(
                 "No provider yet. Add one with “Add provider…” (Insert): OpenAI, Anthropic or any "
