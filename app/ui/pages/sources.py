@@ -29,6 +29,7 @@ from typing import Any
 from app.sources.collector import SETTINGS_BY_KIND, SourceReport, source_problems
 from app.sources.formats import FORMAT_NAMES
 from app.ui.models.quarantine_model import (
+    COL_EXCERPT,
     COL_POSITION,
     COL_REASON,
     COL_SOURCE,
@@ -774,15 +775,18 @@ class SourcesPage(QtWidgets.QWidget):
         self.quarantine_view.setWordWrap(False)
         self.quarantine_view.verticalHeader().setVisible(False)
         self.quarantine_view.verticalHeader().setDefaultSectionSize(24)
-        self.quarantine_view.horizontalHeader().setStretchLastSection(True)
         self.quarantine_view.setAccessibleName("Quarantined records")
         for col, sample in (
             (COL_WHEN, "19:04:11  ·  59 min ago"),
             (COL_SOURCE, "billing-log"),
             (COL_POSITION, "byte 1234567"),
-            (COL_REASON, "invalid JSON: Expecting value"),
         ):
             self.quarantine_view.setColumnWidth(col, metrics.horizontalAdvance(sample) + 16)
+        # The reason and the excerpt are what the operator reads: they share the rest.
+        q_header = self.quarantine_view.horizontalHeader()
+        q_header.setStretchLastSection(False)
+        for col in (COL_REASON, COL_EXCERPT):
+            q_header.setSectionResizeMode(col, QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.quarantine_view.selectionModel().selectionChanged.connect(self._show_record)
         self.excerpt = QtWidgets.QPlainTextEdit()
         self.excerpt.setReadOnly(True)
