@@ -920,7 +920,7 @@ class ProvidersPage(QtWidgets.QWidget):
         self.targets_table.selectionModel().selectionChanged.connect(self._sync_buttons)
         lower_layout.addWidget(self.targets_table, 1)
 
-        self.lower = lower
+        self.targets_panel = lower
         split = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.stack)
         split.addWidget(lower)
@@ -1026,7 +1026,7 @@ class ProvidersPage(QtWidgets.QWidget):
         self.view = view
         self.providers.set_rows(view.providers)
         self.stack.setCurrentWidget(self.table if view.providers else self.empty)
-        self.lower.setVisible(bool(view.providers))
+        self.targets_panel.setVisible(bool(view.providers))
         if not view.providers:
             self.empty.setText(
                 "No provider yet. Add one with “Add provider…” (Insert): OpenAI, Anthropic or any "
