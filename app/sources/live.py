@@ -276,6 +276,8 @@ class LiveAggregator:
         self._cell_keys: list[CellKey] = []
         self.added = 0  # events shown live so far
         self.skipped = 0  # events outside the window when added (or beyond MAX_CELLS cells)
+        self._created = float(int(clock()))
+        self._oldest_added = math.inf
 
     # -- feeding --------------------------------------------------------------------------
     def add(self, events: Iterable[Event]) -> int:
@@ -407,6 +409,7 @@ class LiveAggregator:
             self.skipped += n - added
             if not added:
                 return 0
+            self._oldest_added = min(self._oldest_added, float(sec.min()))
             self.added += added
             cost_unknown = np.isnan(cost_usd)
             cost = np.where(cost_unknown, 0.0, cost_usd)
@@ -489,6 +492,13 @@ class LiveAggregator:
         # Rows older than the window are never read again; 0 keeps them a valid index.
         self._users.cell[:] = np.where(in_window, remap[self._users.cell], 0)
         self._cache.clear()
+
+    @property
+    def watching_since(self) -> float:
+        """The first second this aggregator can speak for: when it was made, or the oldest second
+        it was given (a source that replays recent events).  Before it, "no traffic" means "not
+        known", and a comparison against such a period would be made up."""
+        return min(self._created, self._oldest_added)
 
     def clear(self) -> None:
         with self._lock:

@@ -401,6 +401,13 @@ def overview_snapshot(
     }
     if not s.requests.any():
         values["requests_per_s"] = None
+    # A period the aggregator was not watching yet has no figures, not zeros (right after start-up).
+    watched_prev = len(s.t) >= 2 * p and live.watching_since <= s.t[prev.start]
+    if not watched_prev:
+        for key in ("requests_per_s", "error_rate", "cache_hit_rate"):
+            previous[key] = None
+    if live.watching_since > now - 2 * P95_WINDOW_S:
+        previous["p95_latency_ms"] = None
     budget = None
     if facts is not None:
         if facts.spend_today_usd is not None:

@@ -153,3 +153,65 @@ def _event_with_text_id(page: EventsPage) -> str:
                 "select event_id from events where input_text is not null limit 1"
             ).scalar_one()
         )
+
+
+def test_the_table_fits_its_width_instead_of_scrolling_sideways(page: EventsPage, qtbot: object) -> None:
+    from app.ui.models.events_model import COL_CACHE, COL_LATENCY, COL_MODEL, HEADERS
+
+    table = page.table
+    header = table.horizontalHeader()
+
+    def fits() -> bool:
+        shown = [c for c in range(len(HEADERS)) if not header.isSectionHidden(c)]
+        return sum(table.columnWidth(c) for c in shown) <= table.viewport().width()
+
+    page.resize(1600, 700)
+    qtbot.waitUntil(lambda: not page.hidden_columns(), timeout=3000)  # type: ignore[attr-defined]
+    assert fits()  # wide: every column, and no room left over
+    page.resize(760, 700)  # the page inside a 960 px window
+    qtbot.waitUntil(lambda: table.viewport().width() < 760, timeout=3000)  # type: ignore[attr-defined]
+    assert fits() and not table.horizontalScrollBar().isVisible()
+    hidden = page.hidden_columns()
+    assert hidden and hidden[-1] == HEADERS[COL_CACHE]  # the end of the display order gives way first
+    for column in (COL_TIME, COL_MODEL, COL_FAILURE, COL_LATENCY):
+        assert not header.isSectionHidden(column), HEADERS[column]
+    # A name cut short shows whole on hover.
+    assert page.model is not None
+    assert page.model.index(0, COL_MODEL).data(Qt.ItemDataRole.ToolTipRole) == page.model.row_at(0).model
+    # The operator may ask for a column anyway (it then scrolls), and go back to fitting.
+    page.set_column_shown(COL_CACHE, True)
+    assert not header.isSectionHidden(COL_CACHE)
+    page.set_column_shown(COL_TIME, False)
+    assert header.isSectionHidden(COL_TIME)
+    page.fit_columns_to_width()
+    assert fits() and not header.isSectionHidden(COL_TIME) and header.isSectionHidden(COL_CACHE)
+    page.resize(1600, 700)
+    qtbot.waitUntil(lambda: not page.hidden_columns(), timeout=3000)  # type: ignore[attr-defined]
+
+
+def test_ctrl_r_reads_the_newest_events_with_the_range_ending_now(qtbot: object, store: Store) -> None:
+    from storage.queries.events import insert_events as insert
+
+    w = MainWindow()
+    qtbot.addWidget(w)  # type: ignore[attr-defined]
+    w.resize(1280, 800)
+    w.show()
+    with qtbot.waitActive(w):  # type: ignore[attr-defined]  # window shortcuts need an active window
+        w.activateWindow()
+    page = w.pages["events"]
+    assert isinstance(page, EventsPage)
+    w.attach_store(store, run_now)
+    w.show_page("events")
+    now = [time.time()]
+    page._clock = lambda: now[0]
+    w.filters.set_state(w.filters.state.with_(range_key="1h"))
+    assert page.model is not None
+    first_since = page.model.query.filters.since
+    before = page.model.total
+    insert(store.engine, make_events(7, end=time.time(), span_s=1, seed=99))
+    now[0] += 60  # a minute later: the range must end then, not when it was chosen
+    qtbot.keyClick(w, Qt.Key.Key_R, Qt.KeyboardModifier.ControlModifier)  # type: ignore[attr-defined]
+    qtbot.waitUntil(lambda: page.model is not None and page.model.total == before + 7, timeout=3000)  # type: ignore[attr-defined]
+    assert page.model.query.filters.since is not None and first_since is not None
+    assert page.model.query.filters.since > first_since
+    w.feed.stop()

@@ -145,3 +145,47 @@ def test_rate_right_after_start_counts_only_the_seconds_seen() -> None:
     snap = overview_snapshot(agg, LiveFilter(), None, now=NOW)
     assert snap.values["requests_per_s"] == pytest.approx(s.requests.sum() / covered)
     assert snap.values["requests_per_s"] > s.requests.sum() / OVERVIEW_PERIOD_S
+
+
+def test_right_after_start_there_is_no_previous_period_to_compare_with(qtbot: object) -> None:
+    """The live window was not watching five minutes ago: no "▲ 100%" against a made-up zero."""
+    clock = [NOW]
+    agg = LiveAggregator(clock=lambda: clock[0])
+    clock[0] = NOW + 20
+    agg.add(list(synthetic_events(NOW, 20, seed=5)))
+    snap = overview_snapshot(agg, LiveFilter(), None, now=clock[0])
+    assert snap.values["requests_per_s"] is not None and snap.values["p95_latency_ms"] is not None
+    assert snap.previous["requests_per_s"] is None and snap.previous["error_rate"] is None
+    assert snap.previous["p95_latency_ms"] is None
+    page = OverviewPage()
+    qtbot.addWidget(page)  # type: ignore[attr-defined]
+    page.apply_snapshot(snap)
+    assert page.tiles["requests_per_s"].change.text() == ""
+    assert page.tiles["p95_latency_ms"].value.text().endswith(("ms", "s"))
+    # A store that had nothing yesterday: said in words, not "new vs yesterday by now".
+    page.apply_snapshot({"cost_today_usd": 1.5, "previous": {"cost_today_usd": 0.0}})
+    assert page.tiles["cost_today_usd"].change.text() == "none yesterday by now"
+
+
+def test_the_feed_shows_p95_as_soon_as_there_is_a_latency(
+    qtbot: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "—" for the first minute: while p95 is unknown it is asked again on every refresh."""
+    from app.ui import livefeed
+
+    monkeypatch.setattr(livefeed, "PERCENTILES_INTERVAL_S", 3600.0)  # only "ask until known" can show it
+    feed = livefeed.LiveFeed(interval_ms=50)
+    agg = LiveAggregator()
+    feed.attach(live=agg)
+    try:
+        qtbot.waitUntil(lambda: feed.last_snapshot is not None, timeout=5000)  # type: ignore[attr-defined]
+        assert feed.last_snapshot is not None and feed.last_snapshot.values["p95_latency_ms"] is None
+        agg.add(list(synthetic_events(time.time() - 3, 3, seed=2)))
+        qtbot.waitUntil(  # type: ignore[attr-defined]
+            lambda: (
+                feed.last_snapshot is not None and feed.last_snapshot.values["p95_latency_ms"] is not None
+            ),
+            timeout=5000,
+        )
+    finally:
+        feed.stop()

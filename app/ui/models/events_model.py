@@ -79,6 +79,7 @@ SORT_ROLE = int(Qt.ItemDataRole.UserRole) + 1
 ROW_ROLE = int(Qt.ItemDataRole.UserRole) + 2
 
 _NUMERIC = {COL_STATUS, COL_LATENCY, COL_TTFT, COL_TOKENS, COL_COST, COL_ATTEMPTS}
+_NAMES = {COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER}
 
 FetchRows = Callable[[EventQuery, RowCursor | None, int], RowPage]
 CountRows = Callable[[EventQuery], int]
@@ -243,6 +244,8 @@ class EventsModel(QtCore.QAbstractTableModel):
                 return "No price is known for this model: the cost is unknown, not zero."
             if column == COL_TOKENS:
                 return f"{row.input_tokens:,} input tokens, {row.output_tokens:,} output tokens"
+            if column in _NAMES:
+                return _display(row, column, self._now)  # the whole name where a narrow column elides it
         return None
 
     def canFetchMore(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> bool:  # noqa: B008

@@ -40,6 +40,10 @@ RELATIVE_TIME_REFRESH_MS = 30_000
 FOLLOW_MS = 3000
 #: Rows a page reads at a time.
 PAGE_ROWS = 500
+#: Text columns (names) may shrink to this many average characters, elided, before columns hide.
+_SHRUNK_CHARS = 7
+#: Columns that may shrink (their text elides); the others keep the width their values need.
+_SHRINKABLE = (COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER)
 
 SEARCH_HELP = (
     "Words match the id, provider, model, route, feature, user and error message. "
@@ -261,6 +265,7 @@ class EventsPage(QtWidgets.QWidget):
         self._live_range = False
         self._fitted = False
         self._filters = EventFilter()
+        self._state: Any = None
         self._preset = preset("newest")
         self._failure: Failure | None = None
         self.model: EventsModel | None = None
@@ -334,8 +339,21 @@ class EventsPage(QtWidgets.QWidget):
         self.table.setShowGrid(False)
         self.table.verticalHeader().setVisible(False)
         self.table.verticalHeader().setDefaultSectionSize(24)
-        self.table.horizontalHeader().setHighlightSections(False)
-        self.table.horizontalHeader().setStretchLastSection(True)
+        header = self.table.horizontalHeader()
+        header.setHighlightSections(False)
+        # Widths are laid out to the viewport (see _layout_columns): no sideways scrolling.
+        header.setStretchLastSection(False)
+        header.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        header.customContextMenuRequested.connect(self._column_menu)
+        header.setToolTip("Right-click to choose the columns shown")
+        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        #: Preferred width of every column (what its values need), and the operator's own choices.
+        self._preferred: dict[int, int] = {}
+        self._user_shown: set[int] = set()
+        self._user_hidden: set[int] = set()
+        self._laying_out = False
+        self.table.viewport().installEventFilter(self)
         self.table.setItemDelegateForColumn(COL_FAILURE, FailureChipDelegate(self.table))
         self.table.activated.connect(self._open_index)
         self.table.clicked.connect(self._open_index)
@@ -411,6 +429,7 @@ class EventsPage(QtWidgets.QWidget):
 
     def set_filter_state(self, state: Any) -> None:
         """Follow the shared filter bar (``app.ui.filters.FilterState``): dimensions and time range."""
+        self._state = state
         since = float(self._clock()) - state.seconds if getattr(state, "seconds", 0) else None
         self._range_label = str(state.range.label).lower() if hasattr(state, "range") else ""
         self._live_range = bool(getattr(state, "live", False))
@@ -426,8 +445,11 @@ class EventsPage(QtWidgets.QWidget):
         )
 
     def refresh(self) -> None:
-        """Read again from the top: the filter bar's time range ends now."""
-        self._run_query()
+        """Read again from the top (Ctrl+R): the filter bar's time range ends now."""
+        if self._state is not None:
+            self.set_filter_state(self._state)  # moves ``since`` to now minus the range
+        else:
+            self._run_query()
 
     def set_filters(self, filters: EventFilter) -> None:
         """The shared filter bar's choice (provider, model, route, feature, user, time range)."""
@@ -520,8 +542,8 @@ class EventsPage(QtWidgets.QWidget):
             COL_COST: metrics.horizontalAdvance("$0.000042") + 24,
         }
         for column, title in enumerate(HEADERS):
-            width = widths.get(column, max(metrics.horizontalAdvance(title) + 28, 72))
-            self.table.setColumnWidth(column, width)
+            self._preferred[column] = widths.get(column, max(metrics.horizontalAdvance(title) + 28, 72))
+        self._layout_columns()
 
     def _fit_columns_once(self, *_args: object) -> None:
         # Widen text columns to what the first rows hold; only ever widen, and stop after a full
@@ -536,7 +558,90 @@ class EventsPage(QtWidgets.QWidget):
         for column in (COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER, COL_COST, COL_TOKENS):
             texts = [HEADERS[column], *(str(model.index(r, column).data()) for r in rows)]
             width = max(metrics.horizontalAdvance(t) for t in texts) + 24
-            self.table.setColumnWidth(column, min(max(width, self.table.columnWidth(column)), cap))
+            self._preferred[column] = min(max(width, self._preferred.get(column, 0)), cap)
+        self._layout_columns()
+
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
+        if watched is self.table.viewport() and event.type() == QtCore.QEvent.Type.Resize:
+            self._layout_columns()
+        return super().eventFilter(watched, event)
+
+    def _layout_columns(self) -> None:
+        """Fit the columns to the table's width, so it never scrolls sideways.
+
+        Columns keep the display order's priority (what an operator scans first comes first):
+        names shrink first (their text elides, the full value is in the tooltip and the detail
+        panel), then the columns at the end are hidden, last first.  Right-click the header to
+        show or hide any column; a column the operator asked for is shown even if it must scroll.
+        """
+        if self._laying_out or not self._preferred:
+            return
+        self._laying_out = True
+        try:
+            available = self.table.viewport().width()
+            chars = self.table.fontMetrics().averageCharWidth()
+            smallest = {
+                c: min(w, chars * _SHRUNK_CHARS + 20) if c in _SHRINKABLE else w
+                for c, w in self._preferred.items()
+            }
+            shown: list[int] = []
+            used = 0
+            fits = True
+            for column in range(len(HEADERS)):
+                if column in self._user_hidden:
+                    continue
+                fits = fits and used + smallest[column] <= available
+                if fits or column in self._user_shown:
+                    shown.append(column)
+                    used += smallest[column]
+            widths = {c: smallest[c] for c in shown}
+            spare = available - used
+            # Give the shrunk names their room back, in display order, then the rest to the last.
+            for column in shown:
+                if spare <= 0:
+                    break
+                grow = min(spare, self._preferred[column] - widths[column])
+                widths[column] += grow
+                spare -= grow
+            if shown and spare > 0:
+                widths[shown[-1]] += spare
+            header = self.table.horizontalHeader()
+            for column in range(len(HEADERS)):
+                hidden = column not in widths
+                if header.isSectionHidden(column) != hidden:
+                    self.table.setColumnHidden(column, hidden)
+                if not hidden and self.table.columnWidth(column) != widths[column]:
+                    self.table.setColumnWidth(column, widths[column])
+        finally:
+            self._laying_out = False
+
+    def hidden_columns(self) -> list[str]:
+        """Titles of the columns not shown now (narrow window, or the operator's choice)."""
+        header = self.table.horizontalHeader()
+        return [t for c, t in enumerate(HEADERS) if header.isSectionHidden(c)]
+
+    def _column_menu(self, pos: QtCore.QPoint) -> None:
+        menu = QtWidgets.QMenu(self)
+        header = self.table.horizontalHeader()
+        for column, title in enumerate(HEADERS):
+            action = menu.addAction(title)
+            action.setCheckable(True)
+            action.setChecked(not header.isSectionHidden(column))
+            action.toggled.connect(lambda on, c=column: self.set_column_shown(c, on))
+        menu.addSeparator()
+        menu.addAction("Fit to width", self.fit_columns_to_width)
+        menu.popup(header.mapToGlobal(pos))
+
+    def set_column_shown(self, column: int, shown: bool) -> None:
+        """The operator's choice for one column (kept until "Fit to width")."""
+        (self._user_shown if shown else self._user_hidden).add(column)
+        (self._user_hidden if shown else self._user_shown).discard(column)
+        self._layout_columns()
+
+    def fit_columns_to_width(self) -> None:
+        self._user_shown.clear()
+        self._user_hidden.clear()
+        self._layout_columns()
 
     def _follow_live(self) -> None:
         """Keep a live range (or an empty table) current, but never move rows under the operator.

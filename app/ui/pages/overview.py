@@ -178,6 +178,15 @@ class OverviewPage(QtWidgets.QWidget):
             prev = previous.get(key)
             if value is not None and prev is not None:
                 text, good = fmt.fmt_change(float(value), float(prev), tile.spec.higher_is_good)
+                if text == "new":  # nothing to compare with: say so rather than "new vs ..."
+                    tile.change.setText(
+                        {
+                            "cost_today_usd": "none yesterday by now",
+                            "p95_latency_ms": "none the minute before",
+                        }.get(key, "none in the previous 5 min")
+                    )
+                    tile.change.setStyleSheet(f"color: {current_colors().muted};")
+                    continue
                 period = {"cost_today_usd": "yesterday by now", "p95_latency_ms": "previous min"}.get(
                     key, "previous 5 min"
                 )
