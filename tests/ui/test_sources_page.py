@@ -551,3 +551,26 @@ def test_the_apps_collector_runs_a_source_added_on_the_page(qtbot: Any, tmp_path
         app.shutdown()
         app.window.close()
     assert app.collector is None and app.pipeline is None
+
+
+def test_the_demo_writes_through_the_apps_one_pipeline(qtbot: Any, tmp_path: Path) -> None:
+    from app.demo import WeatherPhase, WeatherSchedule
+    from app.ui.app import ControlRoom, UiOptions
+
+    qapp = QtWidgets.QApplication.instance()
+    assert isinstance(qapp, QtWidgets.QApplication)
+    app = ControlRoom(qapp, UiOptions(store_url=f"sqlite:///{tmp_path / 'demo.sqlite3'}", demo=True))
+    app.demo.demo_kwargs = {
+        "backfill_hours": 0,
+        "weather": WeatherSchedule((WeatherPhase("instant", 600.0),)),
+    }
+    qtbot.addWidget(app.window)
+    app.start()
+    try:
+        qtbot.waitUntil(lambda: app.demo.state == "running", timeout=30_000)
+        assert app.demo.demo.pipeline is app.pipeline  # one writer for the demo and the sources
+        qtbot.waitUntil(lambda: app.pipeline.totals.ingested >= 5, timeout=20_000)
+    finally:
+        app.shutdown()
+        app.window.close()
+    assert app.collector is None and app.pipeline is None
