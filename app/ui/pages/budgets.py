@@ -301,19 +301,21 @@ class BudgetsPage(QtWidgets.QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.horizontalHeader().setMinimumSectionSize(60)
         self.table.setItemDelegateForColumn(3, _BarDelegate(self.table))
-        metrics = self.table.fontMetrics()
-        for col, sample in enumerate(
+        header = self.table.horizontalHeader()
+        # Fit the viewport (no sideways scrolling): names and periods as wide as they need, the
+        # texts share the rest and elide (the full text is in the tooltip).
+        mode = QtWidgets.QHeaderView.ResizeMode
+        for col, m in enumerate(
             (
-                "search-weekly___",
-                "feature `search`___",
-                "week (Europe/Paris)__",
-                "",
-                "$100.00 / $100.00 · 1.2M / 2M tok",
-                "",
+                mode.ResizeToContents,
+                mode.Stretch,
+                mode.ResizeToContents,
+                mode.Fixed,
+                mode.Stretch,
+                mode.Stretch,
             )
         ):
-            if sample:
-                self.table.setColumnWidth(col, metrics.horizontalAdvance(sample) + 16)
+            header.setSectionResizeMode(col, m)
         self.table.setColumnWidth(3, 150)
         self.table.itemSelectionChanged.connect(self._on_pick)
         self.empty = EmptyState(spec.next_step)
@@ -581,8 +583,7 @@ class BudgetsPage(QtWidgets.QWidget):
                     item.setForeground(
                         QtGui.QColor(current_colors().warn if st.ratio < 1 else current_colors().bad)
                     )
-                if rec.error:
-                    item.setToolTip(rec.error)
+                item.setToolTip(rec.error or text)
                 self.table.setItem(i, col, item)
         self.table.blockSignals(False)
         if not snap.budgets:
@@ -601,7 +602,6 @@ class BudgetsPage(QtWidgets.QWidget):
                 + self.table.frameWidth() * 2
                 + 4
             )
-            height += self.table.horizontalScrollBar().sizeHint().height()  # when a narrow window needs it
             self.stack.setMinimumHeight(height)
             self.stack.setMaximumHeight(height if len(snap.budgets) <= 10 else 16777215)
         names = [r.name for r in snap.budgets]

@@ -465,9 +465,10 @@ class RoutingPage(QtWidgets.QWidget):
 
         route_box = QtWidgets.QGroupBox("Route")
         grid = QtWidgets.QGridLayout(route_box)
+        grid.setAlignment(Qt.AlignmentFlag.AlignTop)
         self.name = _line("e.g. default")
         self.name.setAccessibleName("Route name")
-        grid.addWidget(QtWidgets.QLabel("Name"), 0, 0)
+        grid.addWidget(_inline_label("Name"), 0, 0, Qt.AlignmentFlag.AlignTop)
         grid.addWidget(
             field(("name",), self.name, "Callers ask for the route by this name (model=...)"), 0, 1, 1, 3
         )
@@ -500,7 +501,7 @@ class RoutingPage(QtWidgets.QWidget):
         )
         for k, (label, edit, key, tip) in enumerate(timeouts):
             edit.setAccessibleName(label)
-            grid.addWidget(QtWidgets.QLabel(label), 1 + k // 2, (k % 2) * 2)
+            grid.addWidget(_inline_label(label), 1 + k // 2, (k % 2) * 2, Qt.AlignmentFlag.AlignTop)
             grid.addWidget(field((key,), edit, tip), 1 + k // 2, (k % 2) * 2 + 1)
         form_layout.addWidget(route_box)
 
@@ -523,25 +524,26 @@ class RoutingPage(QtWidgets.QWidget):
         )
         for k, (label, edit, key, tip) in enumerate(retry):
             edit.setAccessibleName(label)
-            rgrid.addWidget(QtWidgets.QLabel(label), k // 2, (k % 2) * 2)
+            rgrid.addWidget(_inline_label(label), k // 2, (k % 2) * 2, Qt.AlignmentFlag.AlignTop)
             rgrid.addWidget(field(("retry", key), edit, tip), k // 2, (k % 2) * 2 + 1)
         self.cache_on = QtWidgets.QCheckBox("Exact cache, TTL (s)")
         self.cache_ttl = _line("3600")
         self.cache_ttl.setAccessibleName("Cache TTL")
         self.cache_temp = QtWidgets.QCheckBox("also when temperature > 0")
-        rgrid.addWidget(self.cache_on, 2, 0)
+        self.cache_on.setFixedHeight(self.cache_ttl.sizeHint().height())
+        rgrid.addWidget(self.cache_on, 2, 0, Qt.AlignmentFlag.AlignTop)
         rgrid.addWidget(field(("cache", "exact_ttl_s"), self.cache_ttl), 2, 1)
         rgrid.addWidget(self.cache_temp, 2, 2, 1, 2)
         self.max_output = _line("no cap")
         self.max_output.setAccessibleName("Output cap")
-        rgrid.addWidget(QtWidgets.QLabel("Output cap (tokens)"), 3, 0)
+        rgrid.addWidget(_inline_label("Output cap (tokens)"), 3, 0, Qt.AlignmentFlag.AlignTop)
         rgrid.addWidget(field(("max_output_tokens",), self.max_output), 3, 1)
         self.on_all_open = QtWidgets.QComboBox()
         self.on_all_open.addItem("fail fast", OnAllOpen.FAIL_FAST.value)
         self.on_all_open.addItem("try anyway", OnAllOpen.TRY_ANYWAY.value)
         self.on_all_open.setAccessibleName("When every breaker is open")
         self.on_all_open.setToolTip("When every target of the chain has its breaker open")
-        rgrid.addWidget(QtWidgets.QLabel("All breakers open"), 3, 2)
+        rgrid.addWidget(_inline_label("All breakers open"), 3, 2, Qt.AlignmentFlag.AlignTop)
         rgrid.addWidget(field(("on_all_open",), self.on_all_open), 3, 3)
         self.latency_aware = QtWidgets.QCheckBox("Latency-aware splits")
         self.store_text = QtWidgets.QCheckBox("Keep request text in events")
@@ -551,7 +553,7 @@ class RoutingPage(QtWidgets.QWidget):
         rgrid.addWidget(self.store_text, 4, 2, 1, 2)
         self.fallback = _line("none: fail with the last error")
         self.fallback.setAccessibleName("Fallback response")
-        rgrid.addWidget(QtWidgets.QLabel("Fallback answer"), 5, 0)
+        rgrid.addWidget(_inline_label("Fallback answer"), 5, 0, Qt.AlignmentFlag.AlignTop)
         rgrid.addWidget(
             field(("fallback_response",), self.fallback, "Answered when every target failed"), 5, 1, 1, 3
         )
