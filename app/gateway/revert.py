@@ -264,13 +264,24 @@ def _plan(conn: Connection, entry: AuditEntry, now: float) -> RevertPlan:
             raise NotRevertible(
                 "reverting prompt changes needs the prompt registry, which is not installed yet"
             )
+        if not isinstance(entry.before, Mapping) or not isinstance(entry.after, Mapping):
+            raise NotRevertible(f"#{entry.id} left no earlier state of prompt {name!r} to go back to")
         version, _ = _prompt_versions(entry)
-        if version is None:
-            raise NotRevertible(
-                f"#{entry.id} left no earlier active version of prompt {name!r} to go back to"
-            )
-        summary = f"Make version {version} of prompt {name!r} active again, as before #{entry.id}."
-        return RevertPlan(entry, summary, entry.after, entry.before, field_changes(entry.after, entry.before))
+        summary = (
+            f"Make version {version} of prompt {name!r} active again, as before #{entry.id}."
+            if version is not None
+            else f"Leave prompt {name!r} with no active version, as before #{entry.id}."
+        )
+        shown = ("active_version",)
+        return RevertPlan(
+            entry,
+            summary,
+            entry.after,
+            {**entry.after, "active_version": version},
+            field_changes(
+                {k: entry.after.get(k) for k in shown}, {k: v for k, v in (("active_version", version),)}
+            ),
+        )
     raise NotRevertible(f"changes to {kind} cannot be reverted from the audit log")
 
 

@@ -190,10 +190,43 @@ def test_changes_that_cannot_be_reverted_say_why(store: Store) -> None:
         revert_change(e, _last(store, "prompt", "summary").id, actor="b", reason="x")
     with pytest.raises(q.NotFound, match="no audit entry #999"):
         revert_change(e, 999, actor="b", reason="x")
-    q.record_audit(e, "a", "promote", "prompt", "summary", {"active_version": 1}, {"active_version": 2}, "")
-    if not prompt_reverts_available():
-        with pytest.raises(NotRevertible, match="prompt registry"):
-            plan_revert(e, _last(store, "prompt", "summary").id)
+
+
+def test_revert_prompt_promotion_through_the_registry(store: Store) -> None:
+    from storage.queries import prompts
+
+    assert prompt_reverts_available()
+    e = store.engine
+    prompts.create_prompt(e, "summary", actor="a", reason="new")
+    for text in ("v1 {{ticket}}", "v2 {{ticket}}"):
+        prompts.add_version(e, "summary", template=text, actor="a")
+    prompts.set_active_version(e, "summary", 1, actor="a", reason="first")
+    prompts.set_active_version(e, "summary", 2, actor="b", reason="better")
+    promote = _last(store, "prompt", "summary")
+    assert promote.action == "promote"
+    plan = plan_revert(e, promote.id)
+    assert "Make version 1 of prompt 'summary' active again" in plan.summary
+    assert [(c.path, c.before, c.after) for c in plan.changes] == [("active_version", "2", "1")]
+    entry = revert_change(e, promote.id, actor="c", reason="v2 hallucinates")
+    assert entry.action == "rollback" and entry.reason == f"revert of #{promote.id}: v2 hallucinates"
+    prompt = prompts.get_prompt(e, "summary")
+    assert prompt is not None and prompt.active_version == 1
+
+    # Reverting the rollback goes forward again; a version add cannot be reverted.
+    revert_change(e, entry.id, actor="c", reason="it was fine")
+    assert prompts.get_prompt(e, "summary").active_version == 2  # type: ignore[union-attr]
+    prompts.add_version(e, "summary", template="v3 {{ticket}}", actor="a")
+    with pytest.raises(NotRevertible, match="promote the version you want"):
+        plan_revert(e, _last(store, "prompt", "summary").id)
+
+    # The very first promotion reverts to no active version at all.
+    prompts.create_prompt(e, "fresh", actor="a", reason="")
+    prompts.add_version(e, "fresh", template="hello", actor="a")
+    prompts.set_active_version(e, "fresh", 1, actor="a", reason="go")
+    first = _last(store, "prompt", "fresh")
+    assert "no active version" in plan_revert(e, first.id).summary
+    revert_change(e, first.id, actor="b", reason="not ready")
+    assert prompts.get_prompt(e, "fresh").active_version is None  # type: ignore[union-attr]
 
 
 def test_field_changes_reads_like_a_diff() -> None:

@@ -232,3 +232,32 @@ def test_empty_store_says_what_would_be_there(qtbot: object, tmp_path: Path) -> 
         page = _page(qtbot, s)
         assert page.pages.currentWidget() is page.blank
         assert "No control change has been made yet" in page.blank_state.label.text()
+
+
+def test_prompt_promotion_reverts_from_the_page(qtbot: object, store: Store) -> None:
+    from storage.queries import prompts
+
+    e = store.engine
+    prompts.create_prompt(e, "summary", actor="a", reason="new")
+    prompts.add_version(e, "summary", template="v1", actor="a")
+    prompts.add_version(e, "summary", template="v2", actor="a")
+    prompts.set_active_version(e, "summary", 1, actor="a", reason="first")
+    prompts.set_active_version(e, "summary", 2, actor="a", reason="second")
+    page = _page(qtbot, store)
+    page.type_filter.setCurrentIndex(page.type_filter.findData("prompt"))
+    rows = page.model.view.entries
+    version_add = next(x for x in rows if x.action == "add_version")
+    page.select_id(version_add.id)
+    assert not page.revert_button.isEnabled()
+    promote = rows[0]
+    page.select_id(promote.id)
+    assert page.revert_button.isEnabled(), page.revert_button.toolTip()
+    QtTest.QTest.keyClick(page.table, Qt.Key.Key_Return)  # Enter on a revertible row asks to revert
+    dialog = page.revert_dialog
+    assert dialog is not None and "Make version 1" in dialog.findChildren(QtWidgets.QLabel)[0].text()
+    QtTest.QTest.keyClicks(dialog.reason, "v2 regressed")
+    QtTest.QTest.keyClick(dialog.reason, Qt.Key.Key_Return)
+    assert prompts.get_prompt(e, "summary").active_version == 1  # type: ignore[union-attr]
+    assert (
+        q.list_audit(e, object_type="prompt", limit=1)[0].reason == f"revert of #{promote.id}: v2 regressed"
+    )

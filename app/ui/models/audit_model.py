@@ -119,6 +119,8 @@ def entry_changes(entry: AuditEntry) -> list[FieldChange]:
 
 def summarize(entry: AuditEntry, limit: int = 3) -> str:
     """``rpm 500 → 100; tpm added`` — the gist of a change in one cell."""
+    if entry.action == "add_version" and isinstance(entry.after, dict):
+        return f"version {entry.after.get('version', '?')} added"
     if entry.before is None and entry.after is not None:
         return "created"
     if entry.after is None and entry.before is not None:
