@@ -516,3 +516,40 @@ def test_row_round_trip_without_qt() -> None:
     with pytest.raises(ValueError, match="given twice"):
         rm.parse_tags("a=1, a=2")
     assert rm.parse_request("tier: gold\nx-controlroom-tags: team=ml").tags == {"tier": "gold", "team": "ml"}
+
+
+def test_dry_run_shows_the_running_gateways_breakers(store: Store, qtbot: Any) -> None:
+    from app.core.breaker import BreakerSnapshot, BreakerState, Override, OverrideMode
+
+    def snap(target: str, state: BreakerState, forced: Override | None = None) -> BreakerSnapshot:
+        return BreakerSnapshot(
+            target=target, state=state, auto_state=BreakerState.CLOSED, forced=forced, overrides=(),
+            requests=0, failures=0, slow=0, failure_rate=None, slow_rate=None, window_s=30.0, since=0.0,
+            time_in_state_s=0.0, open_until=None, open_for_s=30.0, probes_in_flight=0, probes_succeeded=0,
+        )  # fmt: skip
+
+    forced = Override(OverrideMode.FORCE_OPEN, "provider incident", "ana", 0.0, None)
+
+    class FakeState:
+        source = "store"
+
+    class FakeGateway:
+        state = FakeState()
+
+        def breaker_snapshots(self) -> list[BreakerSnapshot]:
+            return [snap("fast", BreakerState.OPEN, forced), snap("strong", BreakerState.CLOSED)]
+
+    page = RoutingPage()
+    qtbot.addWidget(page)
+    page.attach_store(lambda: store, run_now, FakeGateway())
+    page.timer.stop()
+    assert page.note.isHidden() and page.editor.isEnabled()
+    page.request.setPlainText("x-controlroom-feature: chat")
+    page.dry_button.click()
+    assert page.dry_answer is not None and page.dry_answer.decision.chain == ["fast", "strong"]
+    detail = page.dry_detail.text()
+    assert "fast open (force_open by ana: provider incident)" in detail and "strong closed" in detail
+    assert "so a call goes to strong first" in detail
+    assert rm.breaker_notes(["fast"], FakeGateway().breaker_snapshots())[-1] == (
+        "every breaker of the chain is open: it fails fast (breaker_open)"
+    )

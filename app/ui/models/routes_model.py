@@ -295,6 +295,7 @@ class DryRunAnswer:
     input_tokens: int | None
     token_note: str  # how the tokens were known
     source: str
+    live: list[str] = field(default_factory=list)  # breaker notes from a running gateway
 
     @property
     def headline(self) -> str:
@@ -330,6 +331,37 @@ def run_dry(
     )
     decision = dry_run(route, ctx, now=now if now is not None else time.time())
     return DryRunAnswer(decision, tokens, note, given.source)
+
+
+def breaker_notes(chain: list[str], snapshots: Iterable[Any], on_all_open: str = "fail_fast") -> list[str]:
+    """What the breakers of a running gateway do to a chain now: each target's state, and which
+    target a call would go to first (the first whose breaker is not open)."""
+    by_target = {getattr(s, "target", None): s for s in snapshots}
+    if not chain or not any(t in by_target for t in chain):
+        return []
+    states = []
+    first = None
+    for t in chain:
+        snap = by_target.get(t)
+        if snap is None:
+            states.append(f"{t} not seen yet")
+            if first is None:
+                first = t
+            continue
+        state = str(getattr(snap.state, "value", snap.state))
+        forced = getattr(snap, "forced", None)
+        states.append(
+            f"{t} {state.replace('_', '-')}" + (f" ({forced.describe()})" if forced is not None else "")
+        )
+        if first is None and state != "open":
+            first = t
+    lines = [f"breakers now (the gateway in this app): {', '.join(states)}"]
+    if first is None:
+        what = "it tries anyway" if on_all_open == "try_anyway" else "it fails fast (breaker_open)"
+        lines.append(f"every breaker of the chain is open: {what}")
+    elif first != chain[0]:
+        lines.append(f"so a call goes to {first} first")
+    return lines
 
 
 # --- reading and saving ----------------------------------------------------------------

@@ -10,6 +10,7 @@ typed, and bumps the control version, so every gateway applies it within a secon
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import itertools
 import time
@@ -1165,7 +1166,8 @@ class RoutingPage(QtWidgets.QWidget):
         name = built.name or "(unnamed)"
         edited = " — with your unsaved edits" if self.dirty else ""
         self.dry_route.setText(
-            f"Against route {name} as in the editor{edited}. Breakers and budgets are not applied; nobody is called."
+            f"Against route {name} as in the editor{edited}; nobody is called. Budgets are not applied; "
+            "breakers are shown when a gateway runs in this app."
         )
         self.yaml_view.setPlainText(
             rm.route_yaml(self.route)
@@ -1352,8 +1354,18 @@ class RoutingPage(QtWidgets.QWidget):
             return
         self.dry_headline.setText("…")
 
+        gateway = self._gateway_getter()
+
         def work() -> rm.DryRunAnswer:
-            return rm.run_dry(route, given)
+            answer = rm.run_dry(route, given)
+            snapshots: list[Any] = []
+            if gateway is not None and hasattr(gateway, "breaker_snapshots"):
+                try:
+                    snapshots = list(gateway.breaker_snapshots())
+                except RuntimeError:  # its board changed while we read it: no live view this time
+                    snapshots = []
+            live = rm.breaker_notes(answer.decision.chain, snapshots, route.on_all_open.value)
+            return dataclasses.replace(answer, live=live)
 
         self._runner(work, self._on_dry, lambda exc: self.request_field.set_problem(f"dry run failed: {exc}"))
 
@@ -1369,6 +1381,7 @@ class RoutingPage(QtWidgets.QWidget):
         ]
         lines = [f"Input tokens: {tokens} ({answer.token_note}) · from the {answer.source}"]
         lines += [f"• {line}" for line in answer.decision.explanation]
+        lines += [f"• {line}" for line in answer.live]
         if unknown:
             lines.append(f"⚠ not a known target: {', '.join(unknown)}")
         self.dry_detail.setText("\n".join(lines))
