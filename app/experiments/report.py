@@ -124,7 +124,11 @@ def comparison_row(c: Comparison) -> list[str]:
     else:
         diff = f"{c.diff:+.2f} {_ci(c.ci)}"
     p = "—" if c.p is None else (f"{c.p:.3g}" if c.p >= 0.001 else "<0.001")
-    return [f"{c.variant} vs {c.baseline}", c.metric, diff, p, c.test, "yes" if c.significant else "no"]
+    return [f"{c.variant} vs {c.baseline}", METRIC_WORDS.get(c.metric, c.metric), diff, p, c.test,
+            "yes" if c.significant else "no"]  # fmt: skip
+
+
+METRIC_WORDS = {"pass_rate": "pass rate", "score": "judge score", "latency_ms": "latency", "cost_usd": "cost"}
 
 
 COMPARISON_HEADERS = ["comparison", "metric", "difference [95% CI]", "p", "test", "significant"]

@@ -576,5 +576,5 @@ def evaluate_gate(
         alpha,
         margin,
         True,
-        f"gate passed: {variant} is not worse than {base} ({c.sentence})",
+        f"{variant} is not worse than {base} ({c.sentence})",
     )

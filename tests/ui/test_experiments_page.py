@@ -1,0 +1,179 @@
+"""The Experiments page driven as an operator would: open a file, run, read the verdict, edit the dataset,
+cancel and resume, export and promote; the store and the simulator's ledger say what happened."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.sim import SimServer
+from app.ui.models.experiments_model import diff_html
+from app.ui.models.runner import run_now
+from app.ui.pages.experiments import ExperimentsPage
+from app.ui.qt import Qt, QtWidgets
+from storage.engine import Store
+from storage.queries import experiments as q
+from storage.queries import prompts as registry
+from tests.integration.ab_support import GRADING_SCENARIO, KEY_ENV, chat_calls, experiment_yaml, sim_store
+from tests.integration.sim_fixtures import sim
+
+pytestmark = pytest.mark.gui
+__all__ = ["sim"]
+
+
+@pytest.fixture
+def store(sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    monkeypatch.setenv(KEY_ENV, "sk-test-ab-ui-00000000001")
+    sim.set_scenario(GRADING_SCENARIO)
+    s = sim_store(sim, tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def page(qtbot: Any, store: Store) -> ExperimentsPage:
+    p = ExperimentsPage()
+    qtbot.addWidget(p)
+    p.resize(1100, 800)
+    p.attach_store(store, run_now)
+    p.show()
+    return p
+
+
+def open_file(page: ExperimentsPage, tmp_path: Path, **kw: Any) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(experiment_yaml(**kw), encoding="utf-8")
+    page.open_file(path)
+    return path
+
+
+def test_empty_page_says_what_to_do(page: ExperimentsPage) -> None:
+    assert page.empty.isVisible()
+    assert "controlroom ab run" in page.empty.label.text()
+
+
+def test_open_run_and_read_the_verdict(
+    qtbot: Any, page: ExperimentsPage, store: Store, sim: SimServer, tmp_path: Path
+) -> None:
+    open_file(page, tmp_path, cases=12, gate="variant: v2\nnot_worse_than: v1")
+    assert not page.empty.isVisible()
+    assert page.exp_list.count() == 1 and page.exp_list.item(0).text() == "capitals"
+    assert q.get_experiment(store.engine, "capitals") is not None
+    qtbot.mouseClick(page.run_button, Qt.MouseButton.LeftButton)
+    runs = q.list_runs(store.engine, "capitals")
+    assert len(runs) == 1 and runs[0].status == "done" and runs[0].done == 24
+    assert chat_calls(sim) == 24
+    assert page.view is not None and page.view.run.run_id == runs[0].run_id
+    text = page.verdict.text()
+    assert "v2 passes fewer checks than v1: -100 points" in text
+    assert "Gate FAILED" in text
+    assert page.variants.rowCount() == 2 and page.variants.item(0, 2).text().startswith("100%")
+    assert page.progress.value() == 24
+    # side by side: case 1, v2 against the baseline v1, differences highlighted
+    assert page.cases.rowCount() == 12
+    assert page.left_variant.currentText() == "v2" and page.right_variant.currentText() == "v1"
+    assert "Paris" in page.right_text.toPlainText() and "background" in page.right_text.toHtml()
+    assert "icontains paris" in page.left_text.toPlainText()
+    # exports
+    assert page.export_text("csv").count("\n") == 25
+    assert json.loads(page.export_text("json"))["gate"]["passed"] is False
+    assert page.export_text("md").startswith("# A/B report: capitals")
+
+
+def test_a_bad_file_is_refused_with_its_line(
+    qtbot: Any, page: ExperimentsPage, store: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(experiment_yaml().replace("repeat: 1", "repeat: 0"), encoding="utf-8")
+    page.open_file(path)
+    assert q.list_experiments(store.engine) == []
+    assert f"{path}:9: repeat must be between 1 and 100" in page.problem_box.text()
+    page.problem_box.close()
+
+
+def test_edit_the_dataset_in_place_and_import(
+    qtbot: Any, page: ExperimentsPage, store: Store, tmp_path: Path
+) -> None:
+    open_file(page, tmp_path, cases=2)
+    page.tabs.setCurrentIndex(2)
+    assert page.dataset.rowCount() == 2
+    assert [page.dataset.horizontalHeaderItem(j).text() for j in range(page.dataset.columnCount())] == [
+        "ticket",
+        "expected",
+    ]
+    assert not page.save_dataset_button.isEnabled()
+    qtbot.mouseClick(page.add_row_button, Qt.MouseButton.LeftButton)
+    page.dataset.setItem(2, 0, QtWidgets.QTableWidgetItem("ticket new"))
+    assert page.save_dataset_button.isEnabled()
+    qtbot.mouseClick(page.save_dataset_button, Qt.MouseButton.LeftButton)
+    spec = q.get_experiment(store.engine, "capitals").spec  # type: ignore[union-attr]
+    assert [c["vars"]["ticket"] for c in spec["cases"]] == ["ticket 0", "ticket 1", "ticket new"]
+    # a CSV replaces the table; saved only on Save
+    csv_path = tmp_path / "cases.csv"
+    csv_path.write_text("ticket,expected\nalpha,A\nbeta,B\ngamma,C\n", encoding="utf-8")
+    assert page.import_dataset(csv_path)
+    assert page.dataset.rowCount() == 3 and "Unsaved" in page.dataset_note.text()
+    qtbot.mouseClick(page.save_dataset_button, Qt.MouseButton.LeftButton)
+    spec = q.get_experiment(store.engine, "capitals").spec  # type: ignore[union-attr]
+    assert [(c["vars"]["ticket"], c["expected"]) for c in spec["cases"]] == [
+        ("alpha", "A"),
+        ("beta", "B"),
+        ("gamma", "C"),
+    ]
+    # a bad file says where
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ticket": "x"}\nnot json\n', encoding="utf-8")
+    assert not page.import_dataset(bad)
+    assert f"{bad}:2: not valid JSON" in page.problem_box.text()
+    page.problem_box.close()
+
+
+def test_cancel_then_resume_bills_nothing_twice(
+    qtbot: Any, page: ExperimentsPage, store: Store, sim: SimServer, tmp_path: Path
+) -> None:
+    open_file(page, tmp_path, cases=20)
+
+    def stop_early(p: Any) -> None:
+        if p.done >= 10 and page.cancel_button.isEnabled():
+            qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+
+    page.progress_interval_s = 0.0  # every result reports, so the cancel lands at 10 on any machine
+    page._progress.connect(stop_early)
+    qtbot.mouseClick(page.run_button, Qt.MouseButton.LeftButton)
+    page._progress.disconnect(stop_early)
+    run = q.list_runs(store.engine, "capitals")[0]
+    assert run.status == "cancelled" and 10 <= run.done < 40
+    calls = chat_calls(sim)
+    assert page.resume_button.isEnabled()
+    qtbot.mouseClick(page.resume_button, Qt.MouseButton.LeftButton)
+    after = q.get_run(store.engine, run.run_id)
+    assert after is not None and after.status == "done" and after.done == 40
+    assert chat_calls(sim) - calls == 40 - run.done  # only the missing cases were called
+
+
+def test_promote_an_inline_winner(qtbot: Any, page: ExperimentsPage, store: Store, tmp_path: Path) -> None:
+    open_file(page, tmp_path, cases=12)
+    qtbot.mouseClick(page.run_button, Qt.MouseButton.LeftButton)
+    page.variants.selectRow(0)  # v1, the winner
+    qtbot.mouseClick(page.promote_button, Qt.MouseButton.LeftButton)
+    dialog = page.promote_dialog
+    assert dialog.prompt_choice.isChecked() and dialog.prompt_name.isVisible()
+    ok = dialog.findChild(QtWidgets.QDialogButtonBox).button(QtWidgets.QDialogButtonBox.StandardButton.Ok)
+    qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
+    assert dialog.isVisible() and "Name the prompt" in dialog.problem.text()  # asked, not promoted
+    dialog.prompt_name.setText("capital-question")
+    qtbot.mouseClick(ok, Qt.MouseButton.LeftButton)
+    prompt = registry.get_prompt(store.engine, "capital-question")
+    assert prompt is not None and prompt.active_version == 1
+    assert "audited" in page.progress_label.toolTip()
+
+
+def test_diff_highlights_only_the_words_that_differ() -> None:
+    left, right = diff_html("The capital is Paris.", "The capital is Rome.", removed="#f00", added="#0f0")
+    assert '<span style="background:#f00">Paris</span>' in left
+    assert '<span style="background:#0f0">Rome</span>' in right
+    assert "The capital is " in left and "The capital is " in right
