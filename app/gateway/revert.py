@@ -15,6 +15,8 @@ What each change reverts to:
 - breaker (the operator's switch): the override before the change, or ``auto``
   when there was none or it has expired since.
 - breaker_defaults (``breakers.default`` of a config file): the previous defaults.
+- source (storage.queries.source_configs): ``create`` -> remove it, ``update`` / ``pause`` /
+  ``resume`` -> save the ``before`` again, ``delete`` -> add the ``before`` back.
 - prompt ``promote`` / ``rollback``: the active version before it
   (``storage.queries.prompts.set_active_version``); a ``create_version`` cannot
   be undone (versions are immutable: promote another one instead).
@@ -247,6 +249,33 @@ def _plan(conn: Connection, entry: AuditEntry, now: float) -> RevertPlan:
             )
         shown_current = {k: v for k, v in (current or {}).items() if k not in ("actor", "created_at")}
         return RevertPlan(entry, summary, current, result, field_changes(shown_current or None, result))
+    if kind == "source":
+        from storage.queries import source_configs as sc
+
+        source = sc.get_source_config(conn, name)
+        current = source.as_dict() if source is not None else None
+        if entry.action == "create":
+            result = None
+            summary = f"Remove source {name!r}, which #{entry.id} added (its read position is kept)."
+        elif entry.action in ("update", "pause", "resume", "delete"):
+            if not isinstance(entry.before, Mapping):
+                raise NotRevertible(f"#{entry.id} has no earlier state of source {name!r} to go back to")
+            result = _strip(entry.before)
+            summary = (
+                f"Add source {name!r} back as it was before #{entry.id}."
+                if entry.action == "delete"
+                else f"Put source {name!r} back as it was before #{entry.id}"
+                + (
+                    " (running again)."
+                    if entry.action == "pause"
+                    else " (paused again)."
+                    if entry.action == "resume"
+                    else "."
+                )
+            )
+        else:
+            raise NotRevertible(f"#{entry.id} ({entry.action}) is not a change that can be reverted")
+        return RevertPlan(entry, summary, current, result, field_changes(current, result))
     if kind == BREAKER_DEFAULTS:
         summary = (
             f"Put the breaker defaults back as they were before #{entry.id}."
@@ -375,6 +404,33 @@ def revert_change(
                 expires_at=result.get("expires_at"),
                 now=ts,
             )
+        elif kind == "source":
+            from storage.queries import source_configs as sc
+
+            after = entry.after if isinstance(entry.after, Mapping) else None
+            revision = int(after["revision"]) if after is not None else None
+            if entry.action == "create":
+                if (
+                    sc.delete_source_config(conn, name, expected_revision=revision, actor=actor, reason=why)
+                    is None
+                ):
+                    raise RevertRefused(f"source {name!r} no longer exists; reload")
+            else:
+                result = plan.result
+                config = sc.SourceConfig(
+                    result["name"],
+                    result["kind"],
+                    dict(result.get("settings") or {}),
+                    bool(result.get("paused")),
+                )
+                sc.save_source_config(
+                    conn,
+                    config,
+                    expected_revision=None if entry.action == "delete" else revision,
+                    actor=actor,
+                    reason=why,
+                    now=ts,
+                )
         elif kind == BREAKER_DEFAULTS:
             q.record_audit(conn, actor, "revert", kind, name, entry.after, entry.before, why, now=ts)
         else:  # prompt (plan checked the action and that the registry is there)

@@ -246,3 +246,35 @@ def test_field_changes_reads_like_a_diff() -> None:
         "warn_at": ("added", None, "[0.5]"),
     }
     assert [c.kind for c in field_changes(None, {"a": 1})] == ["added"]
+
+
+def test_revert_source_changes(store: Store) -> None:
+    from storage.queries import source_configs as sc
+
+    e = store.engine
+    sc.save_source_config(e, sc.SourceConfig("logs", "jsonl", {"path": "/var/log/a.jsonl"}), actor="a")
+    sc.save_source_config(
+        e, sc.SourceConfig("logs", "jsonl", {"path": "/var/log/b.jsonl"}), expected_revision=1, actor="a"
+    )
+    update = _last(store, "source", "logs")
+    assert [(c.path, c.before, c.after) for c in plan_revert(e, update.id).changes] == [
+        ("settings.path", "/var/log/b.jsonl", "/var/log/a.jsonl")
+    ]
+    revert_change(e, update.id, actor="b", reason="wrong file")
+    stored = sc.get_source_config(e, "logs")
+    assert stored is not None and stored.settings == {"path": "/var/log/a.jsonl"} and stored.revision == 3
+
+    sc.set_source_paused(e, "logs", True, actor="a")
+    pause = _last(store, "source", "logs")
+    assert "running again" in plan_revert(e, pause.id).summary
+    revert_change(e, pause.id, actor="b", reason="needed")
+    assert sc.get_source_config(e, "logs").paused is False  # type: ignore[union-attr]
+
+    sc.delete_source_config(e, "logs", actor="a")
+    revert_change(e, _last(store, "source", "logs").id, actor="b", reason="oops")
+    again = sc.get_source_config(e, "logs")
+    assert again is not None and again.settings == {"path": "/var/log/a.jsonl"}
+    created_again = _last(store, "source", "logs")
+    assert created_again.action == "create"
+    revert_change(e, created_again.id, actor="b", reason="gone for good")
+    assert sc.get_source_config(e, "logs") is None

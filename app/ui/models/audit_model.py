@@ -43,7 +43,7 @@ ENTRY_ROLE = int(Qt.ItemDataRole.UserRole) + 2
 LATEST_ROLE = int(Qt.ItemDataRole.UserRole) + 3
 
 #: The object types the audit log holds, in the order the filter lists them.
-OBJECT_TYPES = ("provider", "target", "route", "budget", "breaker", "breaker_defaults", "prompt")
+OBJECT_TYPES = ("provider", "target", "route", "budget", "breaker", "breaker_defaults", "prompt", "source")
 
 # A key's shape: masked in exports even though the store should never hold one.
 _KEY_SHAPE = re.compile(

@@ -63,7 +63,7 @@ RANGES: tuple[tuple[str, float | str | None], ...] = (
     ("All time", None),
     ("Custom range…", "custom"),
 )
-_REVERTIBLE_TYPES = (*CONTROL_KINDS, "breaker", "breaker_defaults")
+_REVERTIBLE_TYPES = (*CONTROL_KINDS, "breaker", "breaker_defaults", "source")
 
 
 def why_not_revertible(entry: AuditEntry, view: AuditView) -> str | None:
