@@ -95,8 +95,11 @@ ADMIN_MODES = (
 
 
 def token_entry(source: str) -> str:
-    """The keyring entry of a source's bearer token: apart from the providers' entries (no collision)."""
-    return f"source.{source}"
+    """The keyring entry of a source's bearer token: apart from the providers' entries (no collision).
+
+    Keyring entry names take no ``:`` (source names may), so it becomes ``_``.
+    """
+    return f"source.{source.replace(':', '_')}"
 
 
 def _who() -> str:
