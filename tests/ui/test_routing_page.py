@@ -553,3 +553,28 @@ def test_dry_run_shows_the_running_gateways_breakers(store: Store, qtbot: Any) -
     assert rm.breaker_notes(["fast"], FakeGateway().breaker_snapshots())[-1] == (
         "every breaker of the chain is open: it fails fast (breaker_open)"
     )
+
+
+def test_a_stored_route_that_does_not_load_is_marked_and_can_be_replaced(
+    store: Store, make_page: Callable[[], RoutingPage]
+) -> None:
+    from storage.queries.control import save_object
+
+    save_object(
+        store.engine,
+        "route",
+        {"name": "broken", "settings": {"deadline_s": "soon"}, "rules": [{"chain": ["fast"]}]},
+        expected_revision=None,
+        actor="someone",
+    )
+    page = make_page()
+    item = page.list.item(0)
+    assert item.text().startswith("broken") and "does not load" in item.text()
+    assert "deadline_s" in item.toolTip()
+    page.select_route("broken")
+    assert "The stored route does not load" in page.banner.text
+    page.save_bar.reason.setText("repair")
+    page.save_bar.save.click()
+    assert page.banner.text == "", page.banner.text
+    row = stored_route(store, "broken")
+    assert row["revision"] == 2 and row["settings"]["deadline_s"] == 30

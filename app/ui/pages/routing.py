@@ -1026,7 +1026,10 @@ class RoutingPage(QtWidgets.QWidget):
             return False
         if self.snapshot is not None and self.snapshot.read_only:
             return False
-        return bool(self.record.revision is None or self.form_state() != self._loaded_state)
+        # A new route, or a stored one that does not load (the form holds its replacement).
+        return bool(
+            self.record.revision is None or self.record.error or self.form_state() != self._loaded_state
+        )
 
     def _edited(self, *_args: object) -> None:
         if self._loading:
