@@ -1,7 +1,7 @@
 """``/metrics``: the gateway's counters in the Prometheus text format (version 0.0.4).
 
 Two sources: the engine's :class:`~app.gateway.engine.GatewayStats` (requests by route,
-target and failure; latency histograms by route and target; breaker states; budget spend;
+target and failure; latency histograms by route, target and failure; breaker states; budget spend;
 the event writer) and the HTTP server's own :class:`ServerStats` (responses by endpoint and
 status, requests in flight, and the latency the gateway itself adds to each answered call).
 
@@ -40,6 +40,13 @@ OVERHEAD_BUCKETS_S: tuple[float, ...] = (
 )
 
 _BREAKER_STATES = ("closed", "open", "half_open")
+
+#: Labels of the latency histogram, in the order of the engine's keys: ``(route, target, failure)``.
+#: ``failure`` is the taxonomy (app/core/event.py ``Failure``, eleven values), so the series stay
+#: bounded by routes x targets x 11.  The failure of a request that failed fast (budget blocked,
+#: every breaker open) and of one that timed out are different latencies: mixing them with the
+#: successes would hide both.
+LATENCY_LABELS = ("route", "target", "failure")
 
 
 @dataclass(slots=True)
@@ -147,16 +154,16 @@ def _engine_metrics(w: _Writer, s: GatewayStats) -> None:
     w.family(
         "controlroom_gateway_request_duration_seconds",
         "histogram",
-        "Request latency as callers saw it, by route and target.",
+        "Request latency as callers saw it, by route, target and failure.",
     )
     bounds = s.latency_buckets
-    for (route, target), counts in sorted(s.latency.items()):
+    for key, counts in sorted(s.latency.items()):
         w.histogram(
             "controlroom_gateway_request_duration_seconds",
-            [("route", route), ("target", target)],
+            list(zip(LATENCY_LABELS, key, strict=False)),
             bounds,
             counts,
-            s.latency_sum.get((route, target), 0.0),
+            s.latency_sum.get(key, 0.0),
         )
     w.family(
         "controlroom_breaker_state",
