@@ -340,7 +340,7 @@ def validate_target(
 P_NAME, P_KIND, P_URL, P_KEY, P_LIMITS, P_TARGETS = range(6)
 P_HEADERS = ("Provider", "Kind", "Base URL", "Keys", "Rate limits", "Targets")
 T_NAME, T_MODEL, T_IN, T_OUT, T_CREAD, T_CWRITE = range(6)
-T_HEADERS = ("Target", "Model", "Input $/M", "Output $/M", "Cache read $/M", "Cache write $/M")
+T_HEADERS = ("Target", "Model", "Input", "Output", "Cache read", "Cache write")
 ROW_ROLE = int(Qt.ItemDataRole.UserRole) + 2
 
 
@@ -876,15 +876,9 @@ class ProvidersPage(QtWidgets.QWidget):
 
         self.providers = ProvidersModel(self)
         self.table = self._table(self.providers, "Providers")
-        metrics = self.table.fontMetrics()
-        for col, sample in (
-            (P_NAME, "anthropic-sim  (built-in)"),
-            (P_KIND, "OpenAI-compatible"),
-            (P_URL, "http://127.0.0.1:42895/v1"),
-            (P_KEY, "keyring — no key stored"),
-            (P_LIMITS, "500 req/min · 200k tok/min"),
-        ):
-            self.table.setColumnWidth(col, metrics.horizontalAdvance(sample) + 16)
+        # Every column as wide as its contents, the URL takes what is left (elided in the middle):
+        # no sideways scrolling on a laptop screen.
+        self._fit_columns(self.table, P_URL)
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
         self.empty = EmptyState("Opening the store…")
         self.stack = QtWidgets.QStackedWidget()
@@ -913,10 +907,7 @@ class ProvidersPage(QtWidgets.QWidget):
         lower_layout.addLayout(head)
         self.targets = TargetsModel(self)
         self.targets_table = self._table(self.targets, "Targets of the selected provider")
-        for col, sample in ((T_NAME, "strong-fallback  (built-in)"), (T_MODEL, "claude-sonnet-4-5-20250929")):
-            self.targets_table.setColumnWidth(col, metrics.horizontalAdvance(sample) + 24)
-        for col in range(T_IN, T_CWRITE + 1):
-            self.targets_table.setColumnWidth(col, metrics.horizontalAdvance(T_HEADERS[col]) + 28)
+        self._fit_columns(self.targets_table, T_MODEL)
         self.targets_table.selectionModel().selectionChanged.connect(self._sync_buttons)
         lower_layout.addWidget(self.targets_table, 1)
 
@@ -945,6 +936,15 @@ class ProvidersPage(QtWidgets.QWidget):
         self.timer = QTimer(self, interval=REFRESH_MS)
         self.timer.timeout.connect(self._tick)
         self._sync_buttons()
+
+    @staticmethod
+    def _fit_columns(table: QtWidgets.QTableView, stretch: int) -> None:
+        header = table.horizontalHeader()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(stretch, QtWidgets.QHeaderView.ResizeMode.Stretch)
+        table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        table.setStyleSheet("QTableView::item { padding: 0 10px 0 4px; }")  # contents-wide columns need air
 
     @staticmethod
     def _table(model: QtCore.QAbstractTableModel, name: str) -> QtWidgets.QTableView:
@@ -1088,7 +1088,7 @@ class ProvidersPage(QtWidgets.QWidget):
         if p is None:
             self.targets_title.setText("Targets — select a provider")
         else:
-            self.targets_title.setText(f"Targets of {p.name} ({len(rows)})")
+            self.targets_title.setText(f"Targets of {p.name} ({len(rows)}) · prices in $ per million tokens")
         self._sync_buttons()
 
     def _sync_buttons(self, *_args: object) -> None:
