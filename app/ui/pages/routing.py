@@ -98,9 +98,9 @@ class StepRow(QtWidgets.QWidget):
         layout = QtWidgets.QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(4)
-        self.number = QtWidgets.QLabel("")
+        self.number = _inline_label("")
         self.number.setMinimumWidth(62)
-        self.number.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
+        self.number.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         layout.addWidget(self.number, 0, Qt.AlignmentFlag.AlignTop)
         if isinstance(step, Split):
             self.weights = _line("fast=90, quick=10", rm.format_weights(step.weights))
@@ -1165,7 +1165,7 @@ class RoutingPage(QtWidgets.QWidget):
         for p in self.problems:
             self.field_for(p.path).set_problem(p.message, p.severity)
         for card in self.rules:
-            card.update_summary(self.route)
+            card.update_summary(built)
         name = built.name or "(unnamed)"
         edited = " — with your unsaved edits" if self.dirty else ""
         self.dry_route.setText(
