@@ -466,3 +466,54 @@ def test_keys_go_to_the_keyring_never_the_store(
     page.confirm.button(QtWidgets.QMessageBox.StandardButton.Yes).click()
     assert q.get_object(store.engine, "provider", "kp") is None
     assert keyring.get_password(real_keyring, "kp") is None
+
+
+def test_a_stale_target_save_is_refused_and_the_form_reloads(qtbot: object, store: Store) -> None:
+    e = store.engine
+    q.save_object(
+        e,
+        "provider",
+        {"name": "p1", "kind": "openai", "api_key_ref": "none"},
+        expected_revision=None,
+        actor="a",
+    )
+    q.save_object(
+        e,
+        "target",
+        {"name": "fast", "provider": "p1", "model": "gpt-4o-mini"},
+        expected_revision=None,
+        actor="a",
+    )
+    page = _page(qtbot, store)
+    page.select_provider("p1")
+    page.targets_table.selectRow(0)
+    QtTest.QTest.keyClick(page.targets_table, Qt.Key.Key_Return)
+    d = _target_dialog(page)
+    q.save_object(
+        e,
+        "target",
+        {"name": "fast", "provider": "p1", "model": "gpt-4.1-mini"},
+        expected_revision=1,
+        actor="other",
+    )
+    _type(d.prices["input_per_mtok"], "1")
+    _type(d.prices["output_per_mtok"], "2")
+    _enter(d)
+    assert d.isVisible() and "changed since you loaded it" in d.banner.text()
+    assert (
+        d.model.currentText() == "gpt-4.1-mini"
+        and d.revision == 2
+        and d.prices["input_per_mtok"].text() == ""
+    )
+    stored = q.get_object(e, "target", "fast")
+    assert stored is not None and stored["input_per_mtok"] is None  # nothing overwritten
+    _type(d.prices["input_per_mtok"], "1")
+    _type(d.prices["output_per_mtok"], "2")
+    _enter(d)
+    assert not d.isVisible()
+    stored = q.get_object(e, "target", "fast")
+    assert stored is not None and (stored["model"], stored["input_per_mtok"], stored["revision"]) == (
+        "gpt-4.1-mini",
+        1.0,
+        3,
+    )
