@@ -53,7 +53,7 @@ def open_file(page: ExperimentsPage, tmp_path: Path, **kw: Any) -> Path:
 
 def test_empty_page_says_what_to_do(page: ExperimentsPage) -> None:
     assert page.empty.isVisible()
-    assert "controlroom ab run" in page.empty.label.text()
+    assert page.overview is not None and "controlroom ab run" in page.empty.label.text()
 
 
 def test_open_run_and_read_the_verdict(
@@ -61,7 +61,7 @@ def test_open_run_and_read_the_verdict(
 ) -> None:
     open_file(page, tmp_path, cases=12, gate="variant: v2\nnot_worse_than: v1")
     assert not page.empty.isVisible()
-    assert page.exp_list.count() == 1 and page.exp_list.item(0).text() == "capitals"
+    assert page.exp_combo.count() == 1 and page.exp_combo.itemText(0) == "capitals"
     assert q.get_experiment(store.engine, "capitals") is not None
     qtbot.mouseClick(page.run_button, Qt.MouseButton.LeftButton)
     runs = q.list_runs(store.engine, "capitals")

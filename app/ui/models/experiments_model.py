@@ -82,6 +82,24 @@ def load_overview(engine: Any) -> Overview:
     return Overview(entries)
 
 
+def load_page(
+    engine: Any, experiment: str | None, run_id: str | None, shown: tuple[str, int, str] | None
+) -> tuple[Overview, RunView | None]:
+    """The overview and, in the same trip, the run the page will show (the selected one, else the
+    newest run of the selected or first experiment) unless ``shown`` (run id, done, status) says the
+    page already has it as it is."""
+    overview = load_overview(engine)
+    entry = next((e for e in overview.experiments if e.name == experiment), None)
+    if entry is None and overview.experiments:
+        entry = overview.experiments[0]
+    if entry is None or not entry.runs:
+        return overview, None
+    run = next((r for r in entry.runs if r.run_id == run_id), entry.runs[0])
+    if shown == (run.run_id, run.done, run.status):
+        return overview, None
+    return overview, load_run(engine, run.run_id)
+
+
 def load_run(engine: Any, run_id: str) -> RunView:
     """A run's results and analysis (a blocking read; the bootstrap takes a few ms per variant)."""
     run = q.get_run(engine, run_id)

@@ -39,7 +39,7 @@ from app.ui.models.experiments_model import (
     dataset_columns,
     diff_html,
     import_cases,
-    load_overview,
+    load_page,
     load_run,
     open_experiment_file,
     run_blocking,
@@ -118,7 +118,7 @@ class DistributionCharts(QtWidgets.QWidget):
             w.setTitle(title, size="9pt")
             w.setLabel("left", unit)
             w.showGrid(x=False, y=True, alpha=0.18)
-            w.setMinimumHeight(170)
+            w.setMinimumHeight(190)
             layout.addWidget(w)
         self.lat_plot.addLegend(offset=(-6, 6), labelTextSize="8pt")
         self.apply_colors(current_colors())
@@ -315,9 +315,29 @@ class ExperimentsPage(QtWidgets.QWidget):
         layout.setContentsMargins(20, 16, 20, 12)
         layout.addWidget(PageHeader(spec.title, spec.purpose))
 
-        bar = QtWidgets.QHBoxLayout()
+        pickers = QtWidgets.QHBoxLayout()
+        self.exp_combo = QtWidgets.QComboBox()
+        self.exp_combo.setObjectName("experimentPicker")
+        self.exp_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.exp_combo.setMinimumContentsLength(18)
+        self.run_combo = QtWidgets.QComboBox()
+        self.run_combo.setObjectName("runPicker")
+        self.run_combo.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.run_combo.setMinimumContentsLength(30)
+        self.exp_label = QtWidgets.QLabel("Experiment")
+        self.run_label = QtWidgets.QLabel("Run")
+        pickers.addWidget(self.exp_label)
+        pickers.addWidget(self.exp_combo)
+        pickers.addSpacing(12)
+        pickers.addWidget(self.run_label)
+        pickers.addWidget(self.run_combo)
+        pickers.addStretch(1)
         self.open_button = QtWidgets.QPushButton("Open file…")
         self.open_button.setToolTip("Open an experiment file (YAML, config.md) and keep it in the store")
+        pickers.addWidget(self.open_button)
+        layout.addLayout(pickers)
+
+        bar = QtWidgets.QHBoxLayout()
         self.run_button = QtWidgets.QPushButton("Run")
         self.run_button.setToolTip("Run the selected experiment (F5)")
         self.run_button.setShortcut(QtGui.QKeySequence("F5"))
@@ -332,7 +352,7 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.progress.setMinimumWidth(160)
         self.progress.setVisible(False)  # shown while a run is made, and after it
         self.progress_label = QtWidgets.QLabel("", objectName="muted")
-        for w in (self.open_button, self.run_button, self.resume_button, self.cancel_button):
+        for w in (self.run_button, self.resume_button, self.cancel_button):
             w.setSizePolicy(QtWidgets.QSizePolicy.Policy.Maximum, QtWidgets.QSizePolicy.Policy.Fixed)
             bar.addWidget(w)
         bar.addWidget(self.progress, 1)
@@ -345,27 +365,11 @@ class ExperimentsPage(QtWidgets.QWidget):
             "or run one headless with controlroom ab run FILE.yaml."
         )
         layout.addWidget(self.empty)
-
-        self.splitter = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
-        left = QtWidgets.QWidget()
-        ll = QtWidgets.QVBoxLayout(left)
-        ll.setContentsMargins(0, 0, 6, 0)
-        ll.addWidget(QtWidgets.QLabel("Experiments", objectName="muted"))
-        self.exp_list = QtWidgets.QListWidget()
-        self.exp_list.setObjectName("experimentList")
-        ll.addWidget(self.exp_list, 1)
-        ll.addWidget(QtWidgets.QLabel("Runs", objectName="muted"))
-        self.runs = _table(["started", "status", "done", "cost"], stretch_last=False)
-        self.runs.horizontalHeader().setSectionResizeMode(0, QtWidgets.QHeaderView.ResizeMode.Stretch)
-        ll.addWidget(self.runs, 3)
-        self.splitter.addWidget(left)
+        self._filler = QtWidgets.QWidget()  # takes the spare height while there is nothing to show
+        layout.addWidget(self._filler, 1)
 
         self.tabs = QtWidgets.QTabWidget()
-        self.splitter.addWidget(self.tabs)
-        self.splitter.setStretchFactor(0, 0)
-        self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([300, 800])
-        layout.addWidget(self.splitter, 1)
+        layout.addWidget(self.tabs, 1)
 
         # Results
         results = QtWidgets.QWidget()
@@ -398,7 +402,12 @@ class ExperimentsPage(QtWidgets.QWidget):
         actions.addStretch(1)
         actions.addWidget(self.promote_button)
         rl.addLayout(actions)
-        self.tabs.addTab(results, "Results")
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(results)
+        self.tabs.addTab(scroll, "Results")
 
         # Outputs side by side
         outputs = QtWidgets.QWidget()
@@ -455,8 +464,8 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.run_button.clicked.connect(self.start_run)
         self.resume_button.clicked.connect(self.resume_run)
         self.cancel_button.clicked.connect(self.cancel_run)
-        self.exp_list.currentRowChanged.connect(self._on_exp_selected)
-        self.runs.itemSelectionChanged.connect(self._on_run_selected)
+        self.exp_combo.currentIndexChanged.connect(self._on_exp_selected)
+        self.run_combo.currentIndexChanged.connect(self._on_run_selected)
         self.cases.itemSelectionChanged.connect(self._show_outputs)
         self.left_variant.currentIndexChanged.connect(self._show_outputs)
         self.right_variant.currentIndexChanged.connect(self._show_outputs)
@@ -499,8 +508,10 @@ class ExperimentsPage(QtWidgets.QWidget):
         if self._runner is None or store is None or self._busy:
             return
         self._busy = True
-        engine = store.engine
-        self._runner(lambda: load_overview(engine), self._on_overview, self._on_error)
+        engine, exp, run = store.engine, self._selected_exp, self._selected_run
+        v = self.view
+        shown = (v.run.run_id, v.run.done, v.run.status) if v is not None else None
+        self._runner(lambda: load_page(engine, exp, run, shown), self._on_overview, self._on_error)
 
     def _on_error(self, exc: BaseException) -> None:
         self._busy = False
@@ -511,9 +522,14 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.progress_label.setToolTip(text)
         self.status_message.emit(text)
 
-    def _on_overview(self, overview: Overview) -> None:
+    def _on_overview(self, answer: tuple[Overview, RunView | None]) -> None:
         self._busy = False
+        overview, view = answer
         self.overview = overview
+        if view is not None and self._selected_exp in (None, view.run.experiment):
+            self._selected_exp = view.run.experiment
+            self._selected_run = view.run.run_id
+            self._set_view(view)
         self._show_overview()
 
     def _entry(self) -> ExperimentEntry | None:
@@ -525,27 +541,35 @@ class ExperimentsPage(QtWidgets.QWidget):
         entries = self.overview.experiments if self.overview else []
         has = bool(entries)
         self.empty.setVisible(not has)
-        self.splitter.setVisible(has)
+        self._filler.setVisible(not has)
+        self.tabs.setVisible(has)
+        self.empty.setText(
+            "Reading the store…"
+            if self.overview is None
+            else "No experiments yet. Open an experiment file (prompts, targets, tests and checks; see "
+            "config.md), or run one headless with controlroom ab run FILE.yaml."
+        )
+        for w in (self.exp_label, self.exp_combo, self.run_label, self.run_combo, self.run_button,
+                  self.resume_button, self.cancel_button):  # fmt: skip
+            w.setVisible(has)
         if self._selected_exp is None and entries:
             self._selected_exp = entries[0].name
-        self.exp_list.blockSignals(True)
-        self.exp_list.clear()
-        for e in entries:
+        self.exp_combo.blockSignals(True)
+        self.exp_combo.clear()
+        for i, e in enumerate(entries):
             last = e.runs[0] if e.runs else None
-            it = QtWidgets.QListWidgetItem(e.name)
-            it.setData(Qt.ItemDataRole.UserRole, e.name)
+            self.exp_combo.addItem(e.name, e.name)
             if e.experiment is not None:
                 tip = (
                     f"{len(e.experiment.variants)} variants x {len(e.experiment.cases)} cases x "
                     f"{e.experiment.repeat}; last run: {last.status if last else 'never'}"
                 )
-                it.setToolTip(tip)
             else:
-                it.setToolTip(e.problem or "")
-            self.exp_list.addItem(it)
+                tip = e.problem or ""
+            self.exp_combo.setItemData(i, tip, Qt.ItemDataRole.ToolTipRole)
             if e.name == self._selected_exp:
-                self.exp_list.setCurrentItem(it)
-        self.exp_list.blockSignals(False)
+                self.exp_combo.setCurrentIndex(i)
+        self.exp_combo.blockSignals(False)
         self._show_runs()
         self._update_buttons()
 
@@ -553,23 +577,27 @@ class ExperimentsPage(QtWidgets.QWidget):
         entry = self._entry()
         runs = entry.runs if entry else []
         colors = current_colors()
-        self.runs.blockSignals(True)
-        self.runs.setRowCount(len(runs))
-        for i, r in enumerate(runs):
-            self.runs.setItem(i, 0, _item(_when(r.started_at), tooltip=f"run {r.run_id}"))
-            st = _item(r.status, tooltip=r.error or "")
-            key = STATUS_COLORS.get(r.status, "muted")
-            st.setForeground(QtGui.QColor(getattr(colors, key, colors.muted)))
-            self.runs.setItem(i, 1, st)
-            self.runs.setItem(i, 2, _item(f"{r.done}/{r.total}", align_right=True))
-            self.runs.setItem(i, 3, _item(fmt_usd(r.cost_usd), align_right=True))
-            self.runs.item(i, 0).setData(Qt.ItemDataRole.UserRole, r.run_id)
         if runs and (self._selected_run is None or all(r.run_id != self._selected_run for r in runs)):
             self._selected_run = runs[0].run_id
+        self.run_combo.blockSignals(True)
+        self.run_combo.clear()
         for i, r in enumerate(runs):
+            self.run_combo.addItem(
+                f"{_when(r.started_at)} · {r.status} · {r.done}/{r.total} · {fmt_usd(r.cost_usd)}", r.run_id
+            )
+            key = STATUS_COLORS.get(r.status, "muted")
+            self.run_combo.setItemData(
+                i, QtGui.QColor(getattr(colors, key, colors.muted)), Qt.ItemDataRole.ForegroundRole
+            )
+            self.run_combo.setItemData(
+                i, f"run {r.run_id}" + (f": {r.error}" if r.error else ""), Qt.ItemDataRole.ToolTipRole
+            )
             if r.run_id == self._selected_run:
-                self.runs.selectRow(i)
-        self.runs.blockSignals(False)
+                self.run_combo.setCurrentIndex(i)
+        if not runs:
+            self.run_combo.addItem("no runs yet: press Run", None)
+        self.run_combo.setEnabled(bool(runs))
+        self.run_combo.blockSignals(False)
         if not runs:
             self._selected_run = None
             self._set_view(None)
@@ -590,12 +618,9 @@ class ExperimentsPage(QtWidgets.QWidget):
             )
         )
 
-    def _on_exp_selected(self, row: int) -> None:
-        item = self.exp_list.item(row)
-        if item is None:
-            return
-        name = item.data(Qt.ItemDataRole.UserRole)
-        if name != self._selected_exp:
+    def _on_exp_selected(self, index: int) -> None:
+        name = self.exp_combo.itemData(index)
+        if name and name != self._selected_exp:
             self._selected_exp = name
             self._selected_run = None
             self._dataset_dirty = False
@@ -603,12 +628,8 @@ class ExperimentsPage(QtWidgets.QWidget):
             self._show_runs()
             self._update_buttons()
 
-    def _on_run_selected(self) -> None:
-        rows = self.runs.selectionModel().selectedRows()
-        if not rows:
-            return
-        item = self.runs.item(rows[0].row(), 0)
-        run_id = item.data(Qt.ItemDataRole.UserRole) if item else None
+    def _on_run_selected(self, index: int) -> None:
+        run_id = self.run_combo.itemData(index)
         if run_id and run_id != self._selected_run:
             self._selected_run = run_id
             self._load_run()
@@ -651,16 +672,22 @@ class ExperimentsPage(QtWidgets.QWidget):
         self._fit_table(self.variants)
         self._fit_table(self.comparisons)
         self.charts.set_view(view)
+        for w in (self.variants, self.comparisons, self.charts):
+            w.setVisible(view is not None)
         self._show_cases()
         self._update_buttons()
 
     def _fit_table(self, t: QtWidgets.QTableWidget) -> None:
         h = t.horizontalHeader().height() + 4 + sum(t.rowHeight(i) for i in range(t.rowCount()))
-        t.setFixedHeight(min(max(h, 60), 220))
+        t.setFixedHeight(min(max(h, 60), 190))
 
     def _show_verdict(self, an: Analysis | None, view: RunView | None, colors: Colors) -> None:
         if an is None or view is None:
-            self.verdict.setText("Select a run to see its results." if self._entry() else "")
+            entry = self._entry()
+            if entry is not None and not entry.runs:
+                self.verdict.setText("No run yet. Press Run to call every variant on every case.")
+            else:
+                self.verdict.setText("Loading the run…" if entry else "")
             return
         lines = []
         run = view.run
@@ -675,8 +702,9 @@ class ExperimentsPage(QtWidgets.QWidget):
         if an.gate is not None:
             colour = colors.ok if an.gate.passed else colors.bad
             word = "passed" if an.gate.passed else "FAILED"
+            metric = report.METRIC_WORDS.get(an.gate.metric, an.gate.metric)
             lines.append(
-                f'<span style="color:{colour}"><b>Gate {word}</b> ({an.gate.metric}): {_html(an.gate.reason)}</span>'
+                f'<span style="color:{colour}"><b>Gate {word}</b> ({metric}): {_html(an.gate.reason)}</span>'
             )
         for w in an.warnings:
             lines.append(f'<span style="color:{colors.warn}">{_html(w)}</span>')
