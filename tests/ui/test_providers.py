@@ -517,3 +517,32 @@ def test_a_stale_target_save_is_refused_and_the_form_reloads(qtbot: object, stor
         1.0,
         3,
     )
+
+
+def test_removing_a_provider_someone_changed_is_refused(qtbot: object, store: Store) -> None:
+    e = store.engine
+    q.save_object(
+        e,
+        "provider",
+        {"name": "p1", "kind": "openai", "api_key_ref": "none"},
+        expected_revision=None,
+        actor="a",
+    )
+    page = _page(qtbot, store)
+    page.select_provider("p1")
+    q.save_object(
+        e,
+        "provider",
+        {"name": "p1", "kind": "openai", "api_key_ref": "none", "rpm": 5},
+        expected_revision=1,
+        actor="b",
+    )
+    QtTest.QTest.keyClick(page.table, Qt.Key.Key_Delete)
+    assert page.confirm is not None
+    page.confirm.button(QtWidgets.QMessageBox.StandardButton.Yes).click()
+    assert (
+        "Not removed" in page.result_label.text()
+        and "changed since you loaded it" in page.result_label.text()
+    )
+    assert q.get_object(e, "provider", "p1") is not None
+    assert page.selected_provider() is not None and page.selected_provider().revision == 2  # type: ignore[union-attr]
