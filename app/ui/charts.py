@@ -38,6 +38,7 @@ F64 = npt.NDArray[np.float64]
 Formatter = Callable[[float], str]
 
 __all__ = [
+    "ChartHeader",
     "Crosshair",
     "GrowingRange",
     "LocalTimeAxis",
@@ -106,10 +107,27 @@ class ValueAxis(pg.AxisItem):  # type: ignore[misc]
         super().__init__(orientation="left", **kwargs)
         self.formatter = formatter
         self.enableAutoSIPrefix(False)
-        self.setWidth(64)
+        self.setWidth(72)  # room for "$400.00" beside the unit label
 
     def tickStrings(self, values: Sequence[float], scale: float, spacing: float) -> list[str]:
         return [self.formatter(v * scale) if v >= 0 else "" for v in values]
+
+
+class ChartHeader(pg.LabelItem):  # type: ignore[misc]
+    """A chart's title and readout whose text does not set the column's width.
+
+    pyqtgraph's label makes its text width its minimum width, so a long readout in one
+    column (spend and budget) squeezed the other column's plots, and the two columns' time
+    axes no longer lined up.  The page gives both columns the same width instead.
+    """
+
+    def updateMin(self) -> None:
+        super().updateMin()
+        self.setMinimumWidth(0)
+        height = self._sizeHint[QtCore.Qt.SizeHint.MinimumSize][1]
+        self._sizeHint[QtCore.Qt.SizeHint.MinimumSize] = (0, height)
+        self._sizeHint[QtCore.Qt.SizeHint.PreferredSize] = (0, height)
+        self.updateGeometry()
 
 
 @dataclass
@@ -151,11 +169,12 @@ class TimeChart:
     annotations: list[_Annotation] = field(init=False, default_factory=list)
     markers: list[pg.InfiniteLine] = field(init=False, default_factory=list)
     _marker_key: tuple[tuple[float, str], ...] = field(init=False, default=())
+    _cleared: set[str] = field(init=False, default_factory=set)  # series whose curve is empty now
 
     def __post_init__(self) -> None:
         colors = current_colors()
         self.yrange = GrowingRange(self.minimum_top)
-        self.header = pg.LabelItem(justify="left", size="9pt")
+        self.header = ChartHeader(justify="left", size="9pt")
         self.plot = pg.PlotItem(
             axisItems={"bottom": LocalTimeAxis(), "left": ValueAxis(self.formatter)},
         )
@@ -210,9 +229,14 @@ class TimeChart:
         for spec in self.specs:
             y = values.get(spec.key)
             curve = self.curves[spec.key]
-            if y is None or len(y) != len(t):
-                curve.setData([], [])
+            if y is None or len(y) != len(t) or (spec.stacked and not np.nansum(y)):
+                # No data, or a stacked layer that is zero throughout: the layer below already
+                # draws that edge (and a zero layer would paint a stray line along the axis).
+                if spec.key not in self._cleared:
+                    curve.setData([], [])
+                    self._cleared.add(spec.key)
                 continue
+            self._cleared.discard(spec.key)
             if spec.stacked:
                 stack = stack + np.nan_to_num(y)
                 y = stack

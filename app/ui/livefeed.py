@@ -301,6 +301,17 @@ def _history_with_series(engine: Any, state: FilterState) -> TrafficFrame:
     return frame
 
 
+def _first_event_ts(engine: Any) -> float | None:
+    """When the store's oldest event started (one index lookup), or ``None`` for an empty store."""
+    from sqlalchemy import func, select
+
+    from storage.models import EVENTS
+
+    with engine.connect() as conn:
+        first = conn.execute(select(func.min(EVENTS.c.ts_start))).scalar()
+    return None if first is None else float(first)
+
+
 def read_store_facts(engine: Any, state: FilterState, *, now: float | None = None) -> StoreFacts:
     """Spend today and yesterday to this time, daily budgets that apply, open breakers (blocking)."""
     from storage.queries.control import list_breaker_overrides, list_breaker_transitions, list_objects
@@ -318,7 +329,12 @@ def read_store_facts(engine: Any, state: FilterState, *, now: float | None = Non
 
     facts = StoreFacts(fetched_at=now)
     facts.spend_today_usd = spend(day, until)
-    facts.spend_yesterday_usd = spend(day - DAY, until - DAY)
+    # "Yesterday by now" only when the store reaches back to the start of yesterday: a store
+    # that began recording yesterday evening (a first run, the demo's last-24-hours history)
+    # would compare today with a fraction of a day.
+    first = _first_event_ts(engine)
+    if first is not None and first < day - DAY + 60:
+        facts.spend_yesterday_usd = spend(day - DAY, until - DAY)
     chosen = {d: v for d, v in state.dims().items() if v is not None}
     for b in list_objects(engine, "budget"):
         scope = b.get("scope") or {}

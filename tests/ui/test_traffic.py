@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -347,6 +348,31 @@ def test_store_facts_spend_today_budgets_and_breakers(seeded_store: object) -> N
     assert facts.open_breakers == 1
     assert [(m.target, m.to_state) for m in facts.transitions] == [("fast", "open")]
     assert set(facts.dimension_values["provider"]) == {"openai", "anthropic"}
+    # The store holds the last 3 hours: no "yesterday by now" to compare today's spend with.
+    assert facts.spend_yesterday_usd is None
+    old = seeded_store.events[0]  # type: ignore[attr-defined]
+    with Pipeline(seeded_store) as pipeline:  # type: ignore[arg-type]
+        pipeline.write(
+            Batch(
+                events=[
+                    dataclasses.replace(
+                        old,
+                        event_id="0" * 31 + "a",
+                        ts_start=day - 2 * 86400,
+                        ts_end=day - 2 * 86400 + 1,
+                        cost_usd=0.0,
+                    ),
+                    dataclasses.replace(
+                        old,
+                        event_id="0" * 31 + "b",
+                        ts_start=day - 86400 + 1,
+                        ts_end=day - 86400 + 2,
+                        cost_usd=0.25,
+                    ),
+                ]
+            )
+        )
+    assert read_store_facts(engine, FilterState(), now=now).spend_yesterday_usd == pytest.approx(0.25)
     # A budget scoped to another feature does not apply to a filter on this one.
     save_object(
         engine,
@@ -380,3 +406,21 @@ def test_breaker_transitions_are_drawn_on_the_time_axis(
     assert markers[0].label.toPlainText() == "fast open"
     assert "failure_rate 0.62" in markers[0].toolTip()
     assert [m.value() for m in page.charts["failures"].markers] == [NOW - 300]
+
+
+def test_a_failure_type_that_did_not_happen_draws_no_layer(
+    page: TrafficPage, seeded_live: LiveAggregator
+) -> None:
+    frame = live_frame(seeded_live, FilterState())
+    chart = page.charts["failures"]
+    page.apply_frame(frame)
+    absent = [f.value for f in FAILURE_TYPES if not frame.failures[f].any()]
+    present = [f.value for f in FAILURE_TYPES if frame.failures[f].any()]
+    assert absent and present
+    for key in absent:
+        xs, _ys = chart.curves[key].getData()
+        assert xs is None or len(xs) == 0, key
+        assert chart.value_at(len(frame.t) - 1)[key] == 0.0  # still read out as zero
+    for key in present:
+        xs, _ys = chart.curves[key].getData()
+        assert xs is not None and len(xs) == len(frame.t), key

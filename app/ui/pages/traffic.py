@@ -296,6 +296,12 @@ class TrafficPage(QtWidgets.QWidget):
         # The hit rate is read out, not drawn: a 0-1 ratio on a hits/s axis would mislead.
         self.charts["cache"].curves["hit_rate"].setVisible(False)
         rows = math.ceil(len(charts) / _COLUMNS)
+        # Both columns the same width, so their time axes line up (charts.ChartHeader: the
+        # readouts' text does not size them).
+        layout = self.graphics.ci.layout
+        for col in range(_COLUMNS):
+            layout.setColumnStretchFactor(col, 1)
+            layout.setColumnPreferredWidth(col, 10)
         for chart in list(self.charts.values())[-_COLUMNS:]:
             chart.plot.setLabel("bottom", f"local time ({local_utc_offset_label()})")
         self.graphics.setMinimumHeight(rows * (_MIN_PLOT_HEIGHT + 40))
