@@ -177,3 +177,47 @@ def test_diff_highlights_only_the_words_that_differ() -> None:
     assert '<span style="background:#f00">Paris</span>' in left
     assert '<span style="background:#0f0">Rome</span>' in right
     assert "The capital is " in left and "The capital is " in right
+
+
+@pytest.fixture
+def bridge(qapp: object) -> Iterator[Any]:
+    from app.runtime import Runtime
+    from app.ui.bridge import Bridge
+
+    runtime = Runtime()
+    runtime.start()
+    yield Bridge(runtime)
+    runtime.stop()
+
+
+def test_a_run_off_the_gui_thread_reports_progress_and_cancels(
+    qtbot: Any, store: Store, sim: SimServer, bridge: Any, tmp_path: Path
+) -> None:
+    """The app's way: work on the runtime's threads, progress back through a queued signal, Cancel
+    pressed on the GUI thread while calls are in flight."""
+    from app.ui.models.runner import bridge_runner
+
+    slow = {**GRADING_SCENARIO, "defaults": {"ttft": 0.05, "tokens_per_s": 0}}
+    sim.set_scenario(slow)
+    page = ExperimentsPage()
+    qtbot.addWidget(page)
+    page.attach_store(store, bridge_runner(bridge))
+    page.show()
+    path = tmp_path / "exp.yaml"
+    path.write_text(experiment_yaml(cases=40), encoding="utf-8")
+    page.open_file(path)
+    qtbot.waitUntil(lambda: page.exp_combo.count() == 1 and page.run_button.isEnabled(), timeout=10_000)
+    qtbot.mouseClick(page.run_button, Qt.MouseButton.LeftButton)
+    assert page.cancel_button.isEnabled() and not page.run_button.isEnabled()
+    qtbot.waitUntil(lambda: page.progress.value() >= 8, timeout=20_000)
+    assert "ETA" in page.progress_label.text()
+    qtbot.mouseClick(page.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.run_button.isEnabled(), timeout=20_000)
+    run = q.list_runs(store.engine, "capitals")[0]
+    assert run.status == "cancelled" and 8 <= run.done < 80
+    qtbot.waitUntil(lambda: page.resume_button.isEnabled(), timeout=10_000)
+    qtbot.mouseClick(page.resume_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: q.get_run(store.engine, run.run_id).status == "done", timeout=30_000)  # type: ignore[union-attr]
+    qtbot.waitUntil(lambda: page.view is not None and page.view.run.status == "done", timeout=10_000)
+    assert "v2 passes fewer checks than v1" in page.verdict.text()
+    page.timer.stop()

@@ -495,6 +495,9 @@ class ExperimentsPage(QtWidgets.QWidget):
     def attach_store(self, store: Any, runner: Runner, gateway: Any = None) -> None:
         self._runner = runner
         self._store_getter = store if callable(store) else (lambda: store)
+        app = QtWidgets.QApplication.instance()
+        if app is not None:  # a run in flight stops (resumable) when the app quits
+            app.aboutToQuit.connect(self.cancel_run)
         self.refresh()
         self.timer.start()
 
