@@ -47,6 +47,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -390,6 +391,76 @@ def test_bench_added_latency_and_throughput(sim: Proc, gateway: Proc) -> None:
         f"throughput: {best:.0f} requests/s through one gateway process on this machine; "
         f"{one_core:.0f} requests/s per gateway CPU core (from CPU time per request)\n"
     )
+
+
+ADAPTER_CALLS = 3000
+
+
+def test_bench_adapter_cpu_per_call(sim: Proc) -> None:
+    """CPU per non-streaming call of one provider adapter, in this process, against the instant
+    simulator: through httpx's client over the aiohttp transport (``trust_env=True``), the direct
+    path the gateway uses (explicit transport, ``trust_env=False``: straight to the transport), and
+    a bare aiohttp request with ``json.loads`` of the answer (the floor).  20 calls in flight."""
+    from app.gateway.transport import AiohttpTransport
+    from app.providers import ChatRequest, ProviderAdapter, make_adapter
+
+    req = ChatRequest(model="gpt-4o-mini", messages=BODY["messages"])
+
+    async def cpu_per_call(call: Any) -> float:
+        todo = iter(range(ADAPTER_CALLS))
+
+        async def worker() -> None:
+            for _ in todo:
+                await call()
+
+        for _ in range(200):
+            await call()
+        t = time.process_time()
+        await asyncio.gather(*(worker() for _ in range(20)))
+        return (time.process_time() - t) * 1000.0 / ADAPTER_CALLS
+
+    async def adapter_run(trust_env: bool) -> float:
+        adapter: ProviderAdapter = make_adapter(
+            "openai",
+            "sim",
+            sim.url + "/v1",
+            "sk-bench-key",
+            trust_env=trust_env,
+            max_connections=512,
+            transport=AiohttpTransport(max_connections=512),
+        )
+        try:
+            return await cpu_per_call(lambda: adapter.chat(req))
+        finally:
+            await adapter.aclose()
+
+    async def raw_run() -> float:
+        body = json.dumps({**BODY, "model": "gpt-4o-mini"}).encode()
+        headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-key"}
+        async with aiohttp.ClientSession() as session:
+
+            async def call() -> None:
+                async with session.post(sim.url + "/v1/chat/completions", data=body, headers=headers) as r:
+                    json.loads(await r.read())
+
+            return await cpu_per_call(call)
+
+    rows: dict[str, list[float]] = {"client": [], "direct": [], "raw": []}
+    for _ in range(2):  # interleaved, so background load hits each alike
+        rows["client"].append(asyncio.run(adapter_run(True)))
+        rows["direct"].append(asyncio.run(adapter_run(False)))
+        rows["raw"].append(asyncio.run(raw_run()))
+    names = {
+        "client": "adapter via httpx's client (over the aiohttp transport)",
+        "direct": "adapter, direct path (what the gateway uses)",
+        "raw": "bare aiohttp + json.loads (the floor)",
+    }
+    print(
+        f"\n\nProvider adapter, CPU per non-streaming call (instant simulator, {ADAPTER_CALLS} calls, 20 in flight):"
+    )
+    for key, values in rows.items():
+        print(f"  {names[key]:<58} {min(values):.3f} ms (runs: {', '.join(f'{v:.3f}' for v in values)})")
+    print()
 
 
 def test_bench_breaker_flip_to_enforcement(store_url: str, gateway: Proc) -> None:
