@@ -37,6 +37,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from app.core.event import EVENT_FIELDS, CacheHit, CostSource, Event, Failure, c
 from app.core.ids import derived_event_id
 from app.core.pricing import price_call
 from app.sources.base import Rejected
+from storage.queries.events import EVENT_COLUMNS, event_rows, json_string_list, json_string_map
 
 #: Reason categories a format or line reader gives (the text before the colon of a reason).
 REASONS: tuple[str, ...] = (
@@ -82,6 +84,9 @@ class Parsed:
     events: list[Event] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     skipped: int = 0  # records that are fine but not LLM calls (an HTTP span, a metrics line)
+    #: With a list here, a format that can (``EventFormat.parse_rows``) puts the store's rows
+    #: (``storage.queries.events.EVENT_COLUMNS`` order) here instead of events into ``events``.
+    rows: list[tuple[Any, ...]] | None = None
 
 
 # --- JSON decoding, shared by the line formats ---------------------------------------------
@@ -368,6 +373,112 @@ def _event_from_dict_checked(d: Mapping[str, Any], *, key: str, source: str | No
         input_text=strs["input_text"],
         output_text=strs["output_text"],
     )
+
+
+# --- our own event format, straight to the store's rows --------------------------------------
+#
+# The ingest hot path (tests/bench/test_bench_ingest.py): a batch of decoded lines becomes the
+# rows ``storage.queries.events.insert_rows`` takes, without an Event per line.  Types are checked
+# per row by their signature (a tuple of types, looked up in a set); values per column with numpy.
+# A line that fails any check is read again by ``EventFormat.parse_line``, which says exactly what
+# is wrong (or fixes what event_from_dict fixes: a missing field, an over-long text).
+
+_ROW_OF = operator.itemgetter(*EVENT_COLUMNS)
+_COL = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+# What each row column accepts as is; tags and targets_tried are already JSON text here.
+_ROW_ACCEPTS: tuple[frozenset[type], ...] = tuple(
+    _STR if name in ("tags", "targets_tried") else _ACCEPTS[name] for name in EVENT_COLUMNS
+)
+_ROW_SIGNATURES: set[tuple[type, ...]] = set()
+_HEX32_RUN = re.compile(r"(?:[0-9a-f]{32})*")
+_FAILURE_VALUES = frozenset(_FAILURES)
+_COST_SOURCE_VALUES = frozenset(_COST_SOURCES)
+_CACHE_HIT_VALUES = frozenset(_CACHE_HITS)
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _row_of_dict(d: Any) -> tuple[Any, ...] | None:
+    """A decoded record as a row (tags and targets as JSON text), or ``None`` when it lacks fields."""
+    if type(d) is not dict:
+        return None
+    try:
+        d["tags"] = json_string_map(
+            d["tags"]
+        )  # None when not a map of strings: the signature check refuses it
+        d["targets_tried"] = json_string_list(d["targets_tried"])
+        row: tuple[Any, ...] = _ROW_OF(d)
+    except KeyError:
+        return None
+    return row
+
+
+def _signature_ok(sig: tuple[type, ...]) -> bool:
+    if sig in _ROW_SIGNATURES:
+        return True
+    if len(sig) != len(_ROW_ACCEPTS) or not all(t in ok for t, ok in zip(sig, _ROW_ACCEPTS, strict=True)):
+        return False
+    if len(_ROW_SIGNATURES) < 4096:
+        _ROW_SIGNATURES.add(sig)
+    return True
+
+
+def _column(rows: list[tuple[Any, ...]], name: str) -> list[Any]:
+    return list(map(operator.itemgetter(_COL[name]), rows))
+
+
+def _present(values: list[Any]) -> list[Any]:
+    """The values that are not ``None`` (at C speed: no Python-level loop)."""
+    return list(compress(values, map(operator.is_not, values, repeat(None))))
+
+
+def _out_of(values: list[Any], low: float, high: float) -> bool:
+    """True when some value lies outside ``[low, high]`` (values are numbers, possibly none)."""
+    return bool(values) and (min(values) < low or max(values) > high)
+
+
+# Per column: (name, optional, low, high): the range the plain path accepts; anything else is
+# read by parse_line, which says what is wrong.  Floats need no finiteness check: orjson, the
+# only decoder of the plain path, refuses NaN and infinities.
+_RANGES: tuple[tuple[str, bool, float, float], ...] = (
+    ("latency_ms", True, 0, math.inf),
+    ("ttft_ms", True, 0, math.inf),
+    *((name, False, 0, _MAX_TOKENS) for name in _INT_FIELDS),
+    ("status_code", True, 0, 999),
+    ("attempts", False, 0, math.inf),
+    ("prompt_version", True, -_MAX_INT32, _MAX_INT32),
+)
+
+
+def _bad_values(rows: list[tuple[Any, ...]]) -> list[bool] | None:
+    """Which rows (of types already checked) hold a value the plain path must not take; ``None``: none.
+
+    The same checks as :func:`event_from_dict`'s fast path, a column at a
+    time with C-speed builtins; only a column that fails is looked at row by row.
+    """
+    bad: list[bool] | None = None
+
+    def flag(name: str, is_bad: Callable[[Any], bool]) -> None:
+        nonlocal bad
+        flags = list(map(is_bad, _column(rows, name)))
+        bad = flags if bad is None else [a or b for a, b in zip(bad, flags, strict=True)]
+
+    for name, optional, low, high in _RANGES:
+        values = _column(rows, name)
+        if _out_of(_present(values) if optional else values, low, high):
+            flag(name, lambda v, lo=low, hi=high: v is not None and not lo <= v <= hi)
+    for name in ("error_message", "input_text", "output_text"):
+        if max(map(len, filter(None, _column(rows, name))), default=0) > _TEXT_LIMIT:
+            flag(name, lambda v: v is not None and len(v) > _TEXT_LIMIT)
+    for name, valid in (
+        ("failure", _FAILURE_VALUES),
+        ("cost_source", _COST_SOURCE_VALUES),
+        ("cache_hit", _CACHE_HIT_VALUES),
+    ):
+        if not set(_column(rows, name)) <= valid:
+            flag(name, lambda v, ok=valid: v not in ok)
+    if "" in _column(rows, "event_id"):  # an empty id is refused (parse_line says so), not derived
+        flag("event_id", lambda v: v == "")
+    return bad
 
 
 # --- cost estimates for formats that carry none -------------------------------------------
@@ -1167,6 +1278,130 @@ class EventFormat(LineFormat):
                 except RecordError:
                     pass
             slow(line, source=source, key=f"{fingerprint}:{off}", position=f"byte {off}", out=out)
+
+    def parse_rows(
+        self, lines: list[tuple[int, bytes]], *, source: str, fingerprint: str, out: Parsed
+    ) -> None:
+        """Lines ``(offset, bytes)`` of one file to the store's rows in ``out.rows``: the ingest hot path.
+
+        Plain records (every field present, as :meth:`Event.to_json` writes
+        them) go through in bulk: decoded, type-checked by signature,
+        value-checked a column at a time, and taken as rows without an
+        :class:`Event` each.  Any other line is read by :meth:`parse_line`,
+        which fixes what it can and quarantines the rest with its reason;
+        its event becomes a row too.  Rows keep the lines' order.
+        """
+        rows = out.rows
+        if rows is None:
+            raise ValueError("parse_rows needs Parsed(rows=[])")
+        careful: list[int] = []  # line indexes for parse_line
+        plain, index = self._plain_rows(lines, careful)
+        if plain:
+            sigs = {tuple(map(type, r)) for r in plain}
+            wrong = {sig for sig in sigs if not _signature_ok(sig)}
+            if wrong:
+                keep = [tuple(map(type, r)) not in wrong for r in plain]
+                careful += [i for i, k in zip(index, keep, strict=True) if not k]
+                plain = list(compress(plain, keep))
+                index = list(compress(index, keep))
+        if plain:
+            bad = _bad_values(plain)
+            if bad is not None:
+                keep = [not b for b in bad]
+                careful += [i for i, k in zip(index, keep, strict=True) if not k]
+                plain = list(compress(plain, keep))
+                index = list(compress(index, keep))
+        if plain:
+            self._fix_ids_and_sources(plain, index, lines, source=source, fingerprint=fingerprint)
+        if not careful:
+            rows += plain
+            return
+        # The careful path, line by line; its events become rows, in the lines' order.
+        careful.sort()
+        slow = Parsed()
+        taken: list[tuple[int, tuple[Any, ...]]] = []
+        for i in careful:
+            off, line = lines[i]
+            before = len(slow.events)
+            self.parse_line(line, source=source, key=f"{fingerprint}:{off}", position=f"byte {off}", out=slow)
+            if len(slow.events) > before:
+                taken.append((i, event_rows(slow.events[before:])[0]))
+        out.rejected += slow.rejected
+        if not taken:
+            rows += plain
+            return
+        merged = list(zip(index, plain, strict=True)) + taken
+        merged.sort(key=operator.itemgetter(0))
+        rows += [r for _, r in merged]
+
+    @staticmethod
+    def _plain_rows(lines: list[tuple[int, bytes]], careful: list[int]) -> tuple[list[Any], list[int]]:
+        """Decode lines with orjson straight into rows (types not checked yet) and their line indexes.
+
+        A line orjson refuses, with an escaped NUL, not an object or without
+        every field goes to ``careful``.  Each decoded dict is dropped as soon
+        as its row is taken: the batch's working set stays small.
+        """
+        loads = _fast_loads
+        if loads is None:  # no orjson: every line takes the careful path
+            careful += range(len(lines))
+            return [], []
+        raw = [line for _, line in lines]
+        nul = _NUL_ESCAPE
+        if nul in b"".join(raw):
+            careful += [i for i, line in enumerate(raw) if nul in line]
+            raw = [b"null" if nul in line else line for line in raw]  # not an object: skipped below
+        try:
+            plain: list[Any] = list(map(_row_of_dict, map(loads, raw)))
+        except ValueError:  # some line is not JSON orjson reads; find which, one at a time
+            plain = []
+            for i, line in enumerate(raw):
+                try:
+                    plain.append(_row_of_dict(loads(line)))
+                except ValueError:
+                    plain.append(None)
+                    careful.append(i)
+        if None not in plain:
+            return plain, list(range(len(plain)))
+        index = [i for i, r in enumerate(plain) if r is not None]
+        taken = set(careful)
+        careful += [i for i, r in enumerate(plain) if r is None and i not in taken]
+        return [plain[i] for i in index], index
+
+    @staticmethod
+    def _fix_ids_and_sources(
+        rows: list[tuple[Any, ...]],
+        index: list[int],
+        lines: list[tuple[int, bytes]],
+        *,
+        source: str,
+        fingerprint: str,
+    ) -> None:
+        """Give records without one of our ids a derived one, and records without a source ours."""
+        i_id, i_src, i_ts = _COL["event_id"], _COL["source"], _COL["ts_start"]
+        ids = _column(rows, "event_id")
+        if None not in ids and set(map(len, ids)) == {32} and _HEX32_RUN.fullmatch("".join(ids)):
+            fix_ids = False
+        else:
+            fix_ids = True
+        sources = set(_column(rows, "source"))
+        fix_sources = None in sources or "" in sources
+        if not (fix_ids or fix_sources):
+            return
+        default_source = source or "jsonl"
+        for k, row in enumerate(rows):
+            event_id, src = row[i_id], row[i_src]
+            if fix_ids and (event_id is None or len(event_id) != 32 or not _HEX32.fullmatch(event_id)):
+                if event_id is None:
+                    event_id = derived_event_id(row[i_ts], f"{fingerprint}:{lines[index[k]][0]}")
+                else:  # non-empty: the signature and parse_line's checks keep "" out of here
+                    event_id = derived_event_id(row[i_ts], "id:" + event_id)
+            if fix_sources and not src:
+                src = default_source
+            if event_id is not row[i_id] or src is not row[i_src]:
+                fixed = list(row)
+                fixed[i_id], fixed[i_src] = event_id, src
+                rows[k] = tuple(fixed)
 
     def parse_line(self, line: bytes, *, source: str, key: str, position: str, out: Parsed) -> None:
         try:

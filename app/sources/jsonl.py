@@ -46,6 +46,8 @@ from typing import Any, BinaryIO
 
 from app.sources.base import Batch, BatchSink, Position, Rejected, SourceState, SourceStatus, gc_paused
 from app.sources.formats import LineFormat, Parsed, RecordError, decode_line, detect_format, get_format
+from app.sources.pipeline import RowBatch
+from storage.queries.events import event_rows
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +198,19 @@ def parse_lines(
 def _parse_each(
     parse: Callable[..., None], chunk: _Chunk, source: str, fingerprint: str, out: Parsed
 ) -> None:
-    fast = getattr(getattr(parse, "__self__", None), "parse_many", None)
+    fmt = getattr(parse, "__self__", None)
+    fast = getattr(fmt, "parse_rows" if out.rows is not None else "parse_many", None)
     if fast is not None:
         events, rejected = len(out.events), len(out.rejected)
+        rows = len(out.rows) if out.rows is not None else 0
         try:
             fast(chunk.lines, source=source, fingerprint=fingerprint, out=out)
             return
         except Exception:  # a bug in the fast path: read line by line instead (which isolates it)
             log.exception("the fast path of a format failed on %s; reading line by line", source)
             del out.events[events:], out.rejected[rejected:]
+            if out.rows is not None:
+                del out.rows[rows:]
     for off, line in chunk.lines:
         key = f"{fingerprint}:{off}"
         try:
@@ -212,6 +218,20 @@ def _parse_each(
         except Exception as exc:  # a format's bug must cost one line, never the rest of the file
             log.exception("a format failed on a line of %s", source)
             out.rejected.append(Rejected.of(source, f"byte {off}", f"bad value: {exc}"[:300], line, key))
+    if out.rows is not None and out.events:  # a format without rows, or the line-by-line fallback
+        out.rows += event_rows(out.events)
+        out.events.clear()
+
+
+def _parsed_for(fmt: LineFormat) -> Parsed:
+    """An empty result; in rows when the format can build them (our own event format)."""
+    return Parsed(rows=[]) if hasattr(fmt, "parse_rows") else Parsed()
+
+
+def _batch(parsed: Parsed, position: Position) -> Batch:
+    if parsed.rows is not None:
+        return RowBatch(parsed.rows, parsed.rejected, [position])
+    return Batch(parsed.events, parsed.rejected, [position])
 
 
 def _parse_partial(
@@ -232,6 +252,9 @@ def _parse_partial(
         )
         return
     fmt.parse_line(line, source=source, key=f"{fingerprint}:{off}", position=f"byte {off}", out=out)
+    if out.rows is not None and out.events:
+        out.rows += event_rows(out.events)
+        out.events.clear()
 
 
 def _open_format(path: Path, fmt: LineFormat | str | None) -> LineFormat:
@@ -279,19 +302,15 @@ def read_file(
             chunk = reader.read(batch_lines)
             if not chunk.lines and not chunk.too_long:
                 break
-            parsed = parse_lines(fmt, chunk, source=source, fingerprint=fingerprint)
-            yield Batch(
-                parsed.events, parsed.rejected, [Position(source, identity, reader.offset, fingerprint)]
-            )
+            parsed = parse_lines(fmt, chunk, source=source, fingerprint=fingerprint, out=_parsed_for(fmt))
+            yield _batch(parsed, Position(source, identity, reader.offset, fingerprint))
         partial = reader.take_partial()
         if partial is not None:
             if not fingerprint:  # a file of one unterminated line
                 fingerprint = hashlib.blake2b(partial[1][:_FINGERPRINT_BYTES], digest_size=8).hexdigest()
-            parsed = Parsed()
+            parsed = _parsed_for(fmt)
             _parse_partial(fmt, partial[0], partial[1], source=source, fingerprint=fingerprint, out=parsed)
-            yield Batch(
-                parsed.events, parsed.rejected, [Position(source, identity, reader.offset, fingerprint)]
-            )
+            yield _batch(parsed, Position(source, identity, reader.offset, fingerprint))
 
 
 # --- the follower ------------------------------------------------------------------------
@@ -506,7 +525,7 @@ class JsonlTail:
         chunk = o.reader.read(self.batch_lines)
         if not o.fingerprint and (chunk.lines or chunk.too_long):
             o.fingerprint = read_fingerprint(o.f)
-        parsed = Parsed()
+        parsed = _parsed_for(fmt)
         if chunk.lines or chunk.too_long:
             parse_lines(fmt, chunk, source=self.key, fingerprint=o.fingerprint, out=parsed)
         elif final_if_eof:
@@ -519,9 +538,7 @@ class JsonlTail:
         else:
             return None
         self._status.detail = f"{o.label} @ {o.reader.offset:,} bytes"
-        return Batch(
-            parsed.events, parsed.rejected, [Position(self.key, o.identity, o.reader.offset, o.fingerprint)]
-        )
+        return _batch(parsed, Position(self.key, o.identity, o.reader.offset, o.fingerprint))
 
     def _check_rotation(self, cur: _Open) -> Batch | None:
         """At the end of the current file: has it been renamed away, replaced or truncated?"""

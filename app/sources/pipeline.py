@@ -53,13 +53,13 @@ from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, OperationalError, SQLAlchemyError
 
 from app.core.event import Event
-from app.sources.base import Batch, Position, excerpt_of, gc_paused
+from app.sources.base import Batch, Position, Rejected, excerpt_of, gc_paused
 from storage.engine import Store, transaction
 from storage.models import EVENTS
-from storage.queries.events import insert_events
+from storage.queries.events import EVENT_COLUMNS, event_from_row, event_rows, insert_rows
 from storage.queries.positions import load_position, save_positions
 from storage.queries.quarantine import insert_quarantined
-from storage.queries.rollups import accumulate, merge_rollups
+from storage.queries.rollups import merge_rollup_rows
 
 if TYPE_CHECKING:
     from app.sources.live import LiveAggregator
@@ -85,6 +85,50 @@ class StoreUnavailable(Exception):
 
 class PipelineStopped(RuntimeError):
     """The batch was submitted after :meth:`Pipeline.stop` (or before :meth:`Pipeline.start`)."""
+
+
+Row = tuple[Any, ...]
+
+_EVENTS_SLOT: Any = Batch.__dict__["events"]  # the slot behind Batch.events
+
+
+class RowBatch(Batch):
+    """A batch whose events are already the store's rows: the JSONL reader's fast path.
+
+    ``rows`` are in :data:`storage.queries.events.EVENT_COLUMNS` order, as
+    :meth:`app.sources.formats.EventFormat.parse_rows` builds them; the
+    pipeline writes them without an :class:`Event` per record.  ``events``
+    still works (built from the rows on first use), for callers that want objects.
+    """
+
+    __slots__ = ("rows",)
+
+    def __init__(
+        self,
+        rows: list[Row],
+        rejected: list[Rejected] | None = None,
+        positions: list[Position] | None = None,
+    ) -> None:
+        Batch.__init__(self, [], rejected if rejected is not None else [], positions or [])
+        self.rows = rows
+
+    @property  # type: ignore[override]
+    def events(self) -> list[Event]:
+        built: list[Event] = _EVENTS_SLOT.__get__(self, RowBatch)
+        if len(built) != len(self.rows):
+            built = [event_from_row(r) for r in self.rows]
+            _EVENTS_SLOT.__set__(self, built)
+        return built
+
+    @events.setter
+    def events(self, value: list[Event]) -> None:
+        _EVENTS_SLOT.__set__(self, value)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+    def __repr__(self) -> str:
+        return f"RowBatch(rows={len(self.rows)}, rejected={len(self.rejected)}, positions={self.positions!r})"
 
 
 @dataclass(slots=True)
@@ -134,9 +178,37 @@ def _event_excerpt(e: object) -> str:
     try:
         if isinstance(e, Event):
             return excerpt_of(json.dumps(e.to_dict(), ensure_ascii=False, default=repr))
+        if isinstance(e, tuple) and len(e) == len(EVENT_COLUMNS):
+            return excerpt_of(
+                json.dumps(dict(zip(EVENT_COLUMNS, e, strict=True)), ensure_ascii=False, default=repr)
+            )
     except (TypeError, ValueError):
         pass
     return excerpt_of(repr(e))
+
+
+_I_ID = EVENT_COLUMNS.index("event_id")
+_I_SOURCE = EVENT_COLUMNS.index("source")
+
+
+def _rows_of(events: list[Event]) -> tuple[list[Row], list[Event], list[tuple[Event, str]]]:
+    """Rows of events, the events they came from, and the events no row can be built of (with why)."""
+    try:
+        return event_rows(events), events, []
+    except Exception:
+        pass
+    rows: list[Row] = []
+    kept: list[Event] = []
+    bad: list[tuple[Event, str]] = []
+    for e in events:
+        try:
+            [row] = event_rows([e])
+        except Exception as exc:
+            bad.append((e, _describe(exc)))
+            continue
+        rows.append(row)
+        kept.append(e)
+    return rows, kept, bad
 
 
 class Pipeline:
@@ -318,37 +390,49 @@ class Pipeline:
 
     # -- the write itself ---------------------------------------------------------------
     def _write_many(self, batches: Sequence[Batch]) -> tuple[list[WriteResult], list[Event]]:
-        """Write batches in one transaction; per-batch results and the newly stored events."""
-        # In-batch duplicates: the first occurrence wins, across the coalesced batches.
-        seen: set[str] = set()
-        unique: list[Event] = []
-        owner: list[int] = []  # index of the batch each unique event came from
+        """Write batches in one transaction; per-batch results and the newly stored events.
+
+        Everything is written as rows (:data:`EVENT_COLUMNS` order): a
+        :class:`RowBatch` brings its own, other batches' events are turned
+        into rows here.  Events for the live view are only built when there is one.
+        """
         results = [WriteResult() for _ in batches]
+        rows: list[Row] = []
+        owner: list[int] = []  # index of the batch each row came from
+        unbuildable: list[tuple[object, str, int]] = []  # (event, why, batch) of events no row fits
+        event_of: dict[int, Event] | None = {} if self.live is not None else None  # id(row) -> its event
+        seen: set[str] = set()
         for i, b in enumerate(batches):
+            if isinstance(b, RowBatch):
+                brows = b.rows
+            else:
+                brows, events, bad = _rows_of(b.events)
+                unbuildable += [(e, why, i) for e, why in bad]
+                if event_of is not None:
+                    event_of.update(zip(map(id, brows), events, strict=True))
+            # In-batch duplicates: the first occurrence wins, across the coalesced batches.
             before = len(seen)
-            events = b.events
-            ids = [e.event_id for e in events] if events else []
-            seen.update(ids)
-            if len(seen) - before == len(events):
-                unique.extend(events)
-                owner.extend([i] * len(events))
+            seen.update([r[_I_ID] for r in brows])
+            if len(seen) - before == len(brows):
+                rows += brows
+                owner += [i] * len(brows)
             else:  # the slow path only when the batch repeats itself
                 seen_here: set[str] = set()
-                for e in events:
-                    if e.event_id in seen_here:
+                for r in brows:
+                    if r[_I_ID] in seen_here:
                         results[i].duplicates += 1
                         continue
-                    seen_here.add(e.event_id)
-                    unique.append(e)
+                    seen_here.add(r[_I_ID])
+                    rows.append(r)
                     owner.append(i)
                 # seen holds the same ids; only earlier batches' repeats remain to drop.
         if len(batches) > 1:
-            unique, owner = self._drop_cross_batch_repeats(unique, owner, results)
+            rows, owner = self._drop_cross_batch_repeats(rows, owner, results)
         try:
             with gc_paused(), transaction(self.engine, write=True) as conn:
-                new, refused = self._insert(conn, unique)
+                new, refused = self._insert(conn, rows)
                 if new:
-                    merge_rollups(conn, accumulate(new))
+                    merge_rollup_rows(conn, new)
                 quarantined: list[tuple[str, str, str, str, float | None, str | None]] = []
                 for b, r in zip(batches, results, strict=True):
                     for rej in b.rejected:
@@ -358,14 +442,19 @@ class Pipeline:
                         r.rejected += 1
                         cat = rej.category
                         r.reasons[cat] = r.reasons.get(cat, 0) + 1
-                index_of = {id(e): k for k, e in enumerate(unique)} if refused else {}
-                for e, why in refused:
-                    source = getattr(e, "source", "") or "unknown"
+                index_of = {id(row): k for k, row in enumerate(rows)} if refused else {}
+                refusals = [(row, why, owner[index_of[id(row)]]) for row, why in refused] + unbuildable
+                for item, why, i in refusals:
+                    if isinstance(item, tuple):
+                        event_id, source = item[_I_ID], item[_I_SOURCE]
+                    else:
+                        event_id, source = getattr(item, "event_id", "?"), getattr(item, "source", "")
+                    source = str(source or "unknown")
                     quarantined.append(
-                        (str(source), f"event {getattr(e, 'event_id', '?')}", f"store refused: {why}",
-                         _event_excerpt(e), None, f"event:{getattr(e, 'event_id', '?')}")
+                        (source, f"event {event_id}", f"store refused: {why}", _event_excerpt(item), None,
+                         f"event:{event_id}")
                     )  # fmt: skip
-                    r = results[owner[index_of[id(e)]]]
+                    r = results[i]
                     r.rejected += 1
                     r.reasons["store refused"] = r.reasons.get("store refused", 0) + 1
                 if quarantined:
@@ -379,81 +468,85 @@ class Pipeline:
             if _is_store_failure(exc):
                 raise StoreUnavailable(f"the store could not take the batch: {_describe(exc)}") from exc
             raise
-        # Attribute new and already-stored events to the batches they came from.
-        if len(new) == len(unique):
+        # Attribute new and already-stored rows to the batches they came from.
+        if len(new) == len(rows):
             if len(batches) == 1:
                 results[0].ingested += len(new)
             else:
                 for i, n in collections.Counter(owner).items():
                     results[i].ingested += n
         else:
-            new_ids = {id(e) for e in new}
-            refused_ids = {id(e) for e, _ in refused}
-            for e, i in zip(unique, owner, strict=True):
-                if id(e) in new_ids:
+            new_ids = {id(r) for r in new}
+            refused_ids = {id(r) for r, _ in refused}
+            for row, i in zip(rows, owner, strict=True):
+                if id(row) in new_ids:
                     results[i].ingested += 1
-                elif id(e) not in refused_ids:
+                elif id(row) not in refused_ids:
                     results[i].duplicates += 1
         total = WriteResult()
         for r in results:
             total.add(r)
         with self._totals_lock:
             self._totals.add(total)
-        return results, new
+        new_events: list[Event] = []
+        if event_of is not None and new:
+            get = event_of.get
+            new_events = [e if (e := get(id(r))) is not None else event_from_row(r) for r in new]
+        return results, new_events
 
     @staticmethod
     def _drop_cross_batch_repeats(
-        unique: list[Event], owner: list[int], results: list[WriteResult]
-    ) -> tuple[list[Event], list[int]]:
-        ids = [e.event_id for e in unique]
+        rows: list[Row], owner: list[int], results: list[WriteResult]
+    ) -> tuple[list[Row], list[int]]:
+        ids = [r[_I_ID] for r in rows]
         if len(set(ids)) == len(ids):
-            return unique, owner
+            return rows, owner
         seen: set[str] = set()
-        keep_e: list[Event] = []
+        keep_r: list[Row] = []
         keep_o: list[int] = []
-        for e, i, eid in zip(unique, owner, ids, strict=True):
+        for r, i, eid in zip(rows, owner, ids, strict=True):
             if eid in seen:
                 results[i].duplicates += 1
                 continue
             seen.add(eid)
-            keep_e.append(e)
+            keep_r.append(r)
             keep_o.append(i)
-        return keep_e, keep_o
+        return keep_r, keep_o
 
     def _insert(
-        self, conn: Connection, events: list[Event], depth: int = 0
-    ) -> tuple[list[Event], list[tuple[Event, str]]]:
-        """Insert events (ids unique within the list); return (newly stored, refused with reason).
+        self, conn: Connection, rows: list[Row], depth: int = 0
+    ) -> tuple[list[Row], list[tuple[Row, str]]]:
+        """Insert rows (ids unique within the list); return (newly stored, refused with reason).
 
-        The common cases cost one ``executemany``: all new, or all already
-        stored.  A mix is rolled back to a savepoint and redone with only the
-        ids the store lacks.  A failing insert is bisected down to the records
-        the store refuses; an unusable store raises.
+        The common cases cost one pass of multi-row inserts: all new, or all
+        already stored.  A mix is rolled back to a savepoint and redone with
+        only the ids the store lacks.  A failing insert is bisected down to the
+        rows the store refuses; an unusable store raises.
         """
-        if not events:
+        if not rows:
             return [], []
         savepoint = conn.begin_nested()
         try:
-            result = insert_events(conn, events)
+            result = insert_rows(conn, rows)
         except (SQLAlchemyError, TypeError, ValueError, UnicodeError, OverflowError) as exc:
             savepoint.rollback()
             if isinstance(exc, SQLAlchemyError) and _is_store_failure(exc):
                 raise
-            if len(events) == 1:
-                return [], [(events[0], _describe(exc))]
-            mid = len(events) // 2
-            new_a, bad_a = self._insert(conn, events[:mid], depth)
-            new_b, bad_b = self._insert(conn, events[mid:], depth)
+            if len(rows) == 1:
+                return [], [(rows[0], _describe(exc))]
+            mid = len(rows) // 2
+            new_a, bad_a = self._insert(conn, rows[:mid], depth)
+            new_b, bad_b = self._insert(conn, rows[mid:], depth)
             return new_a + new_b, bad_a + bad_b
-        if result.inserted == len(events):
+        if result.inserted == len(rows):
             savepoint.commit()
-            return events, []
+            return rows, []
         if result.inserted == 0:
             savepoint.commit()
             return [], []
         savepoint.rollback()
-        stored = self._stored_ids(conn, [e.event_id for e in events])
-        fresh = [e for e in events if e.event_id not in stored]
+        stored = self._stored_ids(conn, [r[_I_ID] for r in rows])
+        fresh = [r for r in rows if r[_I_ID] not in stored]
         if depth >= 3:  # pragma: no cover - another writer keeps racing us on the same ids
             raise StoreUnavailable("another writer keeps storing the same events; retry the batch")
         return self._insert(conn, fresh, depth + 1)
@@ -480,6 +573,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH",
     "Pipeline",
     "PipelineStopped",
+    "RowBatch",
     "StoreUnavailable",
     "WriteResult",
     "ingest_iter",

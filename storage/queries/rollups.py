@@ -26,8 +26,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -35,6 +38,8 @@ from app.core.event import CacheHit, Event, Failure
 from app.core.sketch import LatencySketch
 from storage.engine import transaction
 from storage.models import FAILURE_COUNT_COLUMNS, ROLLUP_MINUTE
+from storage.queries.events import EVENT_COLUMNS
+from storage.queries.sketch_batch import add_values
 
 #: The dimensions of a rollup row, in key order.
 KEY_COLUMNS: tuple[str, ...] = ("minute", "provider", "model", "route", "feature")
@@ -261,6 +266,148 @@ def merge_rollups(bind: Engine | Connection, deltas: dict[RollupKey, RollupDelta
     return len(rows)
 
 
+# Positions of the columns the rollups read in an event row (storage.queries.events.EVENT_COLUMNS).
+_R = {name: i for i, name in enumerate(EVENT_COLUMNS)}
+_R_TS, _R_PROVIDER, _R_MODEL, _R_ROUTE, _R_FEATURE = (
+    _R["ts_start"], _R["provider"], _R["model"], _R["route"], _R["feature"]
+)  # fmt: skip
+_R_FAILURE, _R_CACHE_HIT, _R_COST = _R["failure"], _R["cache_hit"], _R["cost_usd"]
+_R_LAT, _R_TTFT = _R["latency_ms"], _R["ttft_ms"]
+_R_TOKENS = tuple(_R[c] for c in ("input_tokens", "output_tokens", "cache_read_tokens",
+                                  "cache_write_tokens", "reasoning_tokens"))  # fmt: skip
+# A failure value (or the Failure itself: a StrEnum hashes as its value) -> its counter's position.
+_FAILURE_SLOT: dict[str, int] = {f.value: i for i, f in enumerate(FAILURE_COUNT_COLUMNS)}
+_FAILURE_SLOT[Failure.NONE.value] = len(FAILURE_COLUMNS)
+_EXACT_FLOAT_INT = 1 << 53
+
+
+def _column(rows: Sequence[Sequence[Any]], i: int) -> list[Any]:
+    return list(map(itemgetter(i), rows))
+
+
+def _floats(rows: Sequence[Sequence[Any]], i: int) -> npt.NDArray[np.float64]:
+    return np.fromiter(map(itemgetter(i), rows), dtype=np.float64, count=len(rows))
+
+
+def _optional_floats(values: list[Any]) -> npt.NDArray[np.float64]:
+    """The values as floats, ``None`` as NaN."""
+    if None in values:
+        nan = math.nan
+        values = [nan if v is None else v for v in values]
+    return np.array(values, dtype=np.float64)
+
+
+def _usable(values: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Which values go into the latency figures: finite and not negative."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(values) & (values >= 0)
+
+
+def _int_sums(gid: npt.NDArray[np.int64], rows: Sequence[Sequence[Any]], i: int, n: int) -> list[int]:
+    arr = np.fromiter(map(itemgetter(i), rows), dtype=np.int64, count=len(rows))
+    if len(arr) and int(np.abs(arr).sum()) < _EXACT_FLOAT_INT:  # float sums are exact below 2**53
+        return [int(x) for x in np.bincount(gid, weights=arr, minlength=n).tolist()]
+    out = np.zeros(n, dtype=np.int64)
+    np.add.at(out, gid, arr)
+    return [int(x) for x in out.tolist()]
+
+
+def _fsums(gid: npt.NDArray[np.int64], values: npt.NDArray[np.float64], n: int) -> list[float]:
+    """``math.fsum`` per group (the latency sums are exact sums, as :func:`merge_rollups` writes them)."""
+    order = np.argsort(gid, kind="stable")
+    bounds = np.searchsorted(gid[order], np.arange(n + 1)).tolist()
+    ordered = values[order].tolist()
+    fsum = math.fsum
+    return [fsum(ordered[bounds[g] : bounds[g + 1]]) if bounds[g + 1] > bounds[g] else 0.0 for g in range(n)]
+
+
+def _group_ids(rows: Sequence[Sequence[Any]]) -> tuple[npt.NDArray[np.int64], list[RollupKey]]:
+    """Each row's rollup key as an index into the batch's distinct keys (in order of appearance)."""
+    ts = _floats(rows, _R_TS)
+    minutes = (ts - ts % 60.0).tolist()
+    # Keyed on the raw dimensions first (route and feature may be None), normalised per distinct key.
+    raw: dict[tuple[float, tuple[Any, ...]], int] = {}
+    setdefault = raw.setdefault
+    dims = map(itemgetter(_R_PROVIDER, _R_MODEL, _R_ROUTE, _R_FEATURE), rows)
+    first = np.array([setdefault(k, len(raw)) for k in zip(minutes, dims, strict=True)], dtype=np.int64)
+    index: dict[RollupKey, int] = {}
+    remap = np.empty(len(raw), dtype=np.int64)
+    for j, (minute, (provider, model, route, feature)) in enumerate(raw):
+        key: RollupKey = (minute, provider, model, route or "", feature or "")
+        remap[j] = index.setdefault(key, len(index))
+    return remap[first], list(index)
+
+
+def merge_rollup_rows(bind: Engine | Connection, rows: Sequence[Sequence[Any]]) -> int:
+    """Add newly stored event rows (:data:`storage.queries.events.EVENT_COLUMNS` order) into the rollups.
+
+    The columnar twin of ``merge_rollups(conn, accumulate(events))``, for the
+    ingest path that never builds :class:`Event` objects: keys are found in
+    one pass, every sum is a ``numpy.bincount`` and the sketches take the new
+    values in a few numpy operations (:func:`storage.queries.sketch_batch.add_values`).
+    The stored rows come out the same (the sketches' running sums may differ
+    in the last bits).  Returns how many rollup rows were written.
+    """
+    if not rows:
+        return 0
+    gid, keys = _group_ids(rows)
+    n = len(keys)
+    new: list[list[float]] = [[0] * len(SUM_COLUMNS) for _ in range(n)]
+    columns: dict[int, list[float] | list[int]] = {_I_REQUESTS: np.bincount(gid, minlength=n).tolist()}
+    width = len(FAILURE_COLUMNS) + 1
+    fails = np.fromiter(
+        map(_FAILURE_SLOT.__getitem__, map(itemgetter(_R_FAILURE), rows)), dtype=np.int64, count=len(rows)
+    )
+    by_failure = np.bincount(gid * width + fails, minlength=n * width).reshape(n, width)
+    for i, f in enumerate(FAILURE_COUNT_COLUMNS):
+        columns[_FAILURE_INDEX[f]] = by_failure[:, i].tolist()
+    hit_values = _column(rows, _R_CACHE_HIT)
+    hits = np.array([c != "none" for c in hit_values], dtype=np.float64)
+    columns[_I_CACHE_HITS] = np.bincount(gid, weights=hits, minlength=n).astype(np.int64).tolist()
+    cost = _optional_floats(_column(rows, _R_COST))
+    unknown = np.isnan(cost)
+    columns[_I_COST_UNKNOWN] = np.bincount(gid[unknown], minlength=n).tolist()
+    cost[unknown] = 0.0
+    columns[_I_COST] = np.bincount(gid, weights=cost, minlength=n).tolist()  # in row order, as += would
+    for k, i in enumerate(_R_TOKENS):
+        columns[_I_TOKENS + k] = _int_sums(gid, rows, i, n)
+    sketch_input: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]] = []
+    for raw, i_n, i_sum in ((_R_LAT, _I_LAT_N, _I_LAT_SUM), (_R_TTFT, _I_TTFT_N, _I_TTFT_SUM)):
+        values = _optional_floats(_column(rows, raw))
+        usable = _usable(values)
+        kept, kept_gid = values[usable], gid[usable]
+        columns[i_n] = np.bincount(kept_gid, minlength=n).tolist()
+        columns[i_sum] = _fsums(kept_gid, kept, n)
+        sketch_input.append((kept, kept_gid))
+    for i, col in columns.items():
+        for g, v in enumerate(col):
+            new[g][i] = v
+    with transaction(bind, write=True) as conn:
+        lock_rollups(conn)
+        sql = _compiled_upsert(conn)
+        stored = _stored_rows(conn, keys)
+        first, last = len(KEY_COLUMNS), len(KEY_COLUMNS) + len(SUM_COLUMNS)
+        olds = [stored.get(k) for k in keys]
+        sketches = [
+            add_values([o[last + j] if o is not None else None for o in olds], values, groups)
+            for j, (values, groups) in enumerate(sketch_input)
+        ]
+        out: list[tuple[Any, ...]] = []
+        for g, (key, old) in enumerate(zip(keys, olds, strict=True)):
+            sums = new[g] if old is None else [a + b for a, b in zip(old[first:last], new[g], strict=True)]
+            out.append((*key, *sums, sketches[0][g], sketches[1][g]))
+        binds = _positional[conn.dialect.name]
+        params: list[Any]
+        if binds is False:
+            params = [dict(zip(ROW_COLUMNS, r, strict=True)) for r in out]
+        elif binds is None or binds is True:
+            params = out
+        else:
+            params = list(map(itemgetter(*binds), out))
+        conn.exec_driver_sql(sql, params)
+    return len(out)
+
+
 # --- reads -----------------------------------------------------------------------------
 
 
@@ -345,6 +492,7 @@ __all__ = [
     "RollupTotals",
     "accumulate",
     "lock_rollups",
+    "merge_rollup_rows",
     "merge_rollups",
     "merged_sketch",
     "minute_of",

@@ -19,6 +19,7 @@ answer is always right and usually fast.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -364,6 +365,108 @@ class _ObjectMerged(MergedSketches):
         return s.copy() if s.count else None
 
 
+# The default mapping's key of a value: ceil(log(v, 2) * multiplier) + offset (ddsketch's
+# LogarithmicMapping.key); values at or below min_possible go to the zero count.
+_LN2 = math.log(2)
+_MULTIPLIER = float(_DEFAULT_MAPPING._multiplier)
+_KEY_OFFSET = float(_DEFAULT_MAPPING._offset)
+_MIN_POSSIBLE = float(_DEFAULT_MAPPING.min_possible)
+
+
+def sketch_keys(values: F64) -> I64:
+    """ddsketch's keys of positive ``values`` under the rollups' mapping, as ``LatencySketch.add`` finds them.
+
+    numpy's ``log`` may differ from the C library's by one unit in the last
+    place; a value whose scaled logarithm lies that close to a bin edge is
+    mapped again by ddsketch itself, so the keys are exactly ddsketch's.
+    """
+    scaled = np.log(values) / _LN2 * _MULTIPLIER
+    keys: I64 = (np.ceil(scaled) + _KEY_OFFSET).astype(np.int64)
+    near = np.flatnonzero(np.abs(scaled - np.rint(scaled)) < 1e-9 * np.maximum(np.abs(scaled), 1.0))
+    if len(near):
+        key_of = _DEFAULT_MAPPING.key
+        for i in near.tolist():
+            keys[i] = key_of(float(values[i]))
+    return keys
+
+
+def add_values(stored: Sequence[bytes | None], values: F64, groups: I64) -> list[bytes | None]:
+    """Each stored sketch with its group's new values added, serialized as ``LatencySketch.to_bytes``.
+
+    ``stored[g]`` is group ``g``'s serialized sketch (``None``: none yet);
+    ``values[i]`` (finite, non-negative) goes into group ``groups[i]``.  The
+    result holds one entry per group: ``None`` only when the group had no
+    sketch and gets no value.  The bins are exactly what adding the values one
+    by one with :meth:`LatencySketch.add` gives; the running sum may differ in
+    the last bits (it is summed per group, then added).  This is the ingest
+    path: one batch of 20,000 events costs a few numpy passes instead of
+    20,000 Python calls into ddsketch.
+    """
+    n = len(stored)
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(values) != len(groups):
+        raise ValueError("values and groups differ in length")
+    if len(values) and (not np.all(np.isfinite(values)) or float(values.min()) < 0):
+        raise ValueError("sketch values must be finite and non-negative")
+    present = [g for g, b in enumerate(stored) if b]
+    decoded = _decode_fast([stored[g] for g in present]) if present else None  # type: ignore[misc]
+    if present and decoded is None:
+        return _add_values_slow(stored, values, groups)
+    positive = values > _MIN_POSSIBLE
+    new_group = groups[positive]
+    new_key = sketch_keys(values[positive])
+    zero = _fsum_by(groups[~positive], np.ones(int((~positive).sum())), n)
+    vsum = _fsum_by(groups, values, n)
+    vmin = np.full(n, np.inf)
+    vmax = np.full(n, -np.inf)
+    np.minimum.at(vmin, groups, values)
+    np.maximum.at(vmax, groups, values)
+    bin_group = new_group
+    bin_key = new_key
+    bin_count = np.ones(len(new_key))
+    if decoded is not None:
+        where = np.asarray(present, dtype=np.int64)
+        zero[where] += decoded.zero
+        vsum[where] = decoded.vsum + vsum[where]
+        vmin[where] = np.minimum(vmin[where], decoded.vmin)
+        vmax[where] = np.maximum(vmax[where], decoded.vmax)
+        bin_group = np.concatenate((where[decoded.bin_blob], new_group))
+        bin_key = np.concatenate((decoded.key, new_key))
+        bin_count = np.concatenate((decoded.count, bin_count))
+    if len(bin_key):
+        kmin = int(bin_key.min())
+        width = int(bin_key.max()) - kmin + 1
+        cells, inverse = np.unique(bin_group * width + (bin_key - kmin), return_inverse=True)
+        counts = _fsum_by(inverse.reshape(-1).astype(np.int64), bin_count, len(cells))
+        bin_group, bin_key = cells // width, cells % width + kmin
+    else:
+        counts = np.zeros(0)
+    merged = MergedSketches(
+        n, zero=zero, bin_group=bin_group.astype(np.int64), bin_key=bin_key.astype(np.int64),
+        bin_count=counts, vmin=vmin, vmax=vmax, vsum=vsum,
+    )  # fmt: skip
+    return merged.to_bytes()
+
+
+def _add_values_slow(stored: Sequence[bytes | None], values: F64, groups: I64) -> list[bytes | None]:
+    """The general path of :func:`add_values`: a stored sketch our fast decoder does not read."""
+    out: list[bytes | None] = list(stored)
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order]
+    bounds = np.searchsorted(sorted_groups, np.arange(len(stored) + 1))
+    ordered = values[order].tolist()
+    for g, blob in enumerate(stored):
+        lo, hi = int(bounds[g]), int(bounds[g + 1])
+        if lo == hi:
+            continue
+        sketch = LatencySketch.from_bytes(blob) if blob else LatencySketch()
+        for v in ordered[lo:hi]:
+            sketch.add(v)
+        out[g] = sketch.to_bytes()
+    return out
+
+
 def _encode_varints(values: I64) -> tuple[npt.NDArray[np.uint8], I64]:
     """LEB128-encode non-negative int64 values; return the bytes and each value's byte offset."""
     if len(values) and int(values.min()) < 0:
@@ -381,4 +484,4 @@ def _encode_varints(values: I64) -> tuple[npt.NDArray[np.uint8], I64]:
     return out, offsets
 
 
-__all__ = ["MergedSketches", "merge_blobs"]
+__all__ = ["MergedSketches", "add_values", "merge_blobs", "sketch_keys"]
