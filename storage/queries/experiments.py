@@ -259,7 +259,8 @@ def insert_results(bind: Bind, records: list[ResultRecord]) -> int:
             )
         else:
             stmt = sqlite.insert(EXPERIMENT_RESULTS).on_conflict_do_nothing(index_elements=list(keys))
-        return int(conn.execute(stmt, rows).rowcount or 0)
+        # RETURNING counts what went in on every driver (executemany rowcount is -1 on psycopg).
+        return len(conn.execute(stmt.returning(EXPERIMENT_RESULTS.c.id), rows).all())
 
 
 def fetch_results(bind: Bind, run_id: str) -> list[ResultRecord]:

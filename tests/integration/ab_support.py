@@ -31,10 +31,11 @@ GRADING_SCENARIO: dict[str, Any] = {
 }
 
 
-def sim_store(sim: SimServer, path: Path, *, rpm: int | None = None) -> Store:
-    """A SQLite store whose providers are the simulator's two faces, with targets fast, big and strong."""
+def sim_store(sim: SimServer, path: Path | str, *, rpm: int | None = None) -> Store:
+    """A store (a SQLite file, or any store URL) whose providers are the simulator's two faces, with
+    targets fast, big and strong."""
     limits = f", rate_limits: {{rpm: {rpm}}}" if rpm else ""
-    store = open_store(f"sqlite:///{path}")
+    store = open_store(path if isinstance(path, str) else f"sqlite:///{path}")
     cfg = parse_config(
         f"""
 providers:

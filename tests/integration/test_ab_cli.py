@@ -18,9 +18,6 @@ from app.sim import SimServer
 from storage.engine import Store
 from storage.queries import experiments as q
 from tests.integration.ab_support import GRADING_SCENARIO, KEY_ENV, chat_calls, experiment_yaml, sim_store
-from tests.integration.sim_fixtures import sim
-
-__all__ = ["sim"]
 
 
 @pytest.fixture
@@ -221,3 +218,25 @@ def test_registry_prompts_are_rendered_by_the_gateway_and_pinned(
     assert main(["ab", "run", str(path), "--store", str(store.engine.url)]) == 4
     assert "the registry has no capital@7" in capsys.readouterr().err
     assert chat_calls(sim) == calls
+
+
+def test_unknown_target_is_a_run_error_before_any_call(
+    sim: SimServer, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, experiment_yaml(cases=2).replace("targets: [fast]", "targets: [fastest]"))
+    assert main(["ab", "run", str(path), "--store", str(store.engine.url)]) == 4
+    assert "target `fastest` is not defined (targets: big, fast, strong)" in capsys.readouterr().err
+    assert chat_calls(sim) == 0
+
+
+@pytest.mark.postgres
+def test_a_run_on_postgresql(
+    sim: SimServer, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-test-ab-cli-0000000001")
+    sim.set_scenario(GRADING_SCENARIO)
+    with sim_store(sim, pg_url) as pg:
+        path = write(tmp_path, experiment_yaml(cases=6, gate="variant: v1\nnot_worse_than: v2"))
+        assert main(["ab", "run", str(path), "--store", pg_url, "--no-progress"]) == EXIT_OK
+        run = q.list_runs(pg.engine, "capitals")[0]
+        assert (run.status, run.done) == ("done", 12)

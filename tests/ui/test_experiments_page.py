@@ -19,10 +19,8 @@ from storage.engine import Store
 from storage.queries import experiments as q
 from storage.queries import prompts as registry
 from tests.integration.ab_support import GRADING_SCENARIO, KEY_ENV, chat_calls, experiment_yaml, sim_store
-from tests.integration.sim_fixtures import sim
 
 pytestmark = pytest.mark.gui
-__all__ = ["sim"]
 
 
 @pytest.fixture
