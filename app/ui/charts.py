@@ -198,11 +198,14 @@ class TimeChart:
             pen = pg.mkPen(spec.color, width=spec.width)
             if spec.dash:
                 pen.setStyle(Qt.PenStyle.DashLine)
+            # Gaps (NaN: no latency in that second) break a line; a stacked layer is always finite
+            # (NaN counts are added as 0), and telling pyqtgraph so lets it build the fill in one
+            # piece instead of segment by segment in Python (the costliest paint on the page).
             curve = pg.PlotDataItem(
                 pen=pen,
                 name=spec.label,
-                connect="finite",
-                skipFiniteCheck=False,
+                connect="all" if spec.stacked else "finite",
+                skipFiniteCheck=spec.stacked,
             )
             if spec.stacked:
                 fill = QtGui.QColor(spec.color)

@@ -44,6 +44,8 @@ PAGE_ROWS = 500
 _SHRUNK_CHARS = 7
 #: Columns that may shrink (their text elides); the others keep the width their values need.
 _SHRINKABLE = (COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER)
+#: The columns an operator scans first (display order up to Cost): names shrink to keep them.
+_LAST_CORE = COL_COST
 
 SEARCH_HELP = (
     "Words match the id, provider, model, route, feature, user and error message. "
@@ -570,8 +572,9 @@ class EventsPage(QtWidgets.QWidget):
         """Fit the columns to the table's width, so it never scrolls sideways.
 
         Columns keep the display order's priority (what an operator scans first comes first):
-        names shrink first (their text elides, the full value is in the tooltip and the detail
-        panel), then the columns at the end are hidden, last first.  Right-click the header to
+        names may shrink (their text elides; the whole value is in the tooltip and the detail
+        panel) to keep the columns up to Cost; the columns after it come only when they fit as
+        they are, and otherwise are hidden, last first.  Right-click the header to
         show or hide any column; a column the operator asked for is shown even if it must scroll.
         """
         if self._laying_out or not self._preferred:
@@ -585,24 +588,27 @@ class EventsPage(QtWidgets.QWidget):
                 for c, w in self._preferred.items()
             }
             shown: list[int] = []
-            used = 0
-            fits = True
+            stopped = False
             for column in range(len(HEADERS)):
                 if column in self._user_hidden:
                     continue
-                fits = fits and used + smallest[column] <= available
-                if fits or column in self._user_shown:
+                with_it = [*shown, column]
+                # The first columns (up to Cost) may squeeze names to fit; later ones come only
+                # when there is room for them as they are.
+                need = sum((smallest if column <= _LAST_CORE else self._preferred)[c] for c in with_it)
+                stopped = stopped or need > available
+                if not stopped or column in self._user_shown:
                     shown.append(column)
-                    used += smallest[column]
             widths = {c: smallest[c] for c in shown}
-            spare = available - used
-            # Give the shrunk names their room back, in display order, then the rest to the last.
-            for column in shown:
-                if spare <= 0:
-                    break
-                grow = min(spare, self._preferred[column] - widths[column])
-                widths[column] += grow
-                spare -= grow
+            spare = available - sum(widths.values())
+            # Give the squeezed names their room back, each in proportion to what it lacks.
+            lacking = {c: self._preferred[c] - widths[c] for c in shown if self._preferred[c] > widths[c]}
+            total_lacking = sum(lacking.values())
+            if spare > 0 and total_lacking:
+                share = min(1.0, spare / total_lacking)
+                for c, short in lacking.items():
+                    widths[c] += int(short * share)
+                spare = available - sum(widths.values())
             if shown and spare > 0:
                 widths[shown[-1]] += spare
             header = self.table.horizontalHeader()
