@@ -541,7 +541,8 @@ def analyse(
             warnings.append(
                 f"{s.name}: the cost of {s.cost_unknown} call(s) is unknown (no price for the model)"
             )
-    verdicts = [c.sentence for c in comparisons if c.metric in ("pass_rate", "score")]
+    # Pass rate and judge score always; latency and cost when they differ significantly.
+    verdicts = [c.sentence for c in comparisons if c.metric in ("pass_rate", "score") or c.significant]
     gate_result = None
     if gate is not None:
         gate_result = evaluate_gate(gate, by, alpha=gate[3], seed=seed)
