@@ -426,6 +426,11 @@ class ExperimentsPage(QtWidgets.QWidget):
         pick.addWidget(self.right_variant, 1)
         pick.addWidget(self.repetition)
         ol.addLayout(pick)
+        self.diff_legend = QtWidgets.QLabel(
+            "Highlighted: words only the left output has (green) and only the right one has (red).",
+            objectName="muted",
+        )
+        ol.addWidget(self.diff_legend)
         panes = QtWidgets.QHBoxLayout()
         self.left_text = QtWidgets.QTextBrowser()
         self.right_text = QtWidgets.QTextBrowser()
