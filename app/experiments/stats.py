@@ -489,9 +489,9 @@ def compare_values(
         )
     else:
         span = f"{diff:+.6f} USD per case [{ci[0]:.6f}, {ci[1]:.6f}]" if ci else f"{diff:+.6f} USD"
-        word = ("cheaper" if diff < 0 else "dearer") if significant else ""
+        word = ("costs less" if diff < 0 else "costs more") if significant else ""
         head = (
-            f"{name} is {word} than {base}"
+            f"{name} {word} than {base}"
             if significant
             else f"no clear cost difference between {name} and {base}"
         )

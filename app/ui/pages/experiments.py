@@ -119,6 +119,7 @@ class DistributionCharts(QtWidgets.QWidget):
             w.setLabel("left", unit)
             w.showGrid(x=False, y=True, alpha=0.18)
             w.setMinimumHeight(190)
+            w.setMaximumHeight(260)
             layout.addWidget(w)
         self.lat_plot.addLegend(offset=(-6, 6), labelTextSize="8pt")
         self.apply_colors(current_colors())
@@ -336,6 +337,9 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.open_button.setToolTip("Open an experiment file (YAML, config.md) and keep it in the store")
         pickers.addWidget(self.open_button)
         layout.addLayout(pickers)
+        self.summary = QtWidgets.QLabel("", objectName="muted")
+        self.summary.setWordWrap(True)
+        layout.addWidget(self.summary)
 
         bar = QtWidgets.QHBoxLayout()
         self.run_button = QtWidgets.QPushButton("Run")
@@ -578,8 +582,27 @@ class ExperimentsPage(QtWidgets.QWidget):
             if e.name == self._selected_exp:
                 self.exp_combo.setCurrentIndex(i)
         self.exp_combo.blockSignals(False)
+        self._show_summary()
         self._show_runs()
         self._update_buttons()
+
+    def _show_summary(self) -> None:
+        entry = self._entry()
+        exp = entry.experiment if entry else None
+        self.summary.setVisible(exp is not None or bool(entry and entry.problem))
+        if exp is None:
+            self.summary.setText(entry.problem or "" if entry else "")
+            return
+        prompts = ", ".join(
+            f"{p.id} = {p.registry_name}@{p.registry_version}" if p.registry_name else f"{p.id} (inline)"
+            for p in exp.prompts
+        )
+        checks = ", ".join(dict.fromkeys(c.label() for c in exp.default_asserts)) or "per case"
+        self.summary.setText(
+            f"{len(exp.variants)} variants: {prompts} on {', '.join(exp.targets)} · baseline {exp.baseline} · "
+            f"{len(exp.cases)} cases x {exp.repeat} · checks: {checks}"
+        )
+        self.summary.setToolTip(exp.description or exp.source)
 
     def _show_runs(self) -> None:
         entry = self._entry()
@@ -633,6 +656,7 @@ class ExperimentsPage(QtWidgets.QWidget):
             self._selected_run = None
             self._dataset_dirty = False
             self.view = None
+            self._show_summary()
             self._show_runs()
             self._update_buttons()
 
