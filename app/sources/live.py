@@ -495,10 +495,11 @@ class LiveAggregator:
 
     @property
     def watching_since(self) -> float:
-        """The first second this aggregator can speak for: when it was made, or the oldest second
-        it was given (a source that replays recent events).  Before it, "no traffic" means "not
-        known", and a comparison against such a period would be made up."""
-        return min(self._created, self._oldest_added)
+        """The first second this aggregator can speak for: the second it was made, when
+        everything it was given came after (live traffic).  Before it, "no traffic" means "not
+        known", and a comparison against such a period would be made up.  ``-inf`` once it was
+        given older events (a source that replays recent history): then no start is known."""
+        return self._created if self._oldest_added >= self._created else -math.inf
 
     def clear(self) -> None:
         with self._lock:

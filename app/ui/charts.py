@@ -263,6 +263,17 @@ class TimeChart:
                 out[spec.key] = float(y[index])
         return out
 
+    def latest_values(self) -> dict[str, float]:
+        """Each series' most recent known value (a second without a latency is skipped), by key."""
+        out: dict[str, float] = {}
+        for spec in self.specs:
+            y = self.values.get(spec.key)
+            if y is None or not len(y):
+                continue
+            known = np.flatnonzero(np.isfinite(y))
+            out[spec.key] = float(y[known[-1]]) if len(known) else math.nan
+        return out
+
     def set_annotations(self, lines: Sequence[tuple[float, str, str]]) -> None:
         """Horizontal lines (budget, SLO): ``(value, label, colour)``; the y range makes room for them."""
         for old in self.annotations:
@@ -318,11 +329,12 @@ class TimeChart:
         self.vline.setPen(pg.mkPen(colors.muted, width=1))
 
     def show_readout(self, index: int | None, time_text: str = "") -> None:
-        """The header: title and, per series, a swatch, its label and its value at ``index`` (or the last)."""
+        """The header: title and, per series, a swatch, its label and its value at ``index``.
+
+        Without an index (no crosshair), each series' latest known value.
+        """
         colors = current_colors()
-        if index is None and len(self.t):
-            index = len(self.t) - 1
-        values = self.value_at(index) if index is not None else {}
+        values = self.value_at(index) if index is not None else self.latest_values()
         parts = [f"<span style='color:{colors.text}; font-weight:600'>{self.title}</span>"]
         if time_text:
             parts.append(f"<span style='color:{colors.muted}'>{time_text}</span>")

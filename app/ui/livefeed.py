@@ -169,7 +169,7 @@ class TrafficFrame:
         return total
 
     def is_empty(self) -> bool:
-        return not bool(np.any(self.requests))
+        return not bool(np.nansum(self.requests))
 
     def chart_series(self) -> dict[str, dict[str, F64]]:
         """Every Traffic chart's series, by chart key and series key, as drawn (rates in this frame's unit).
@@ -217,22 +217,29 @@ def live_frame(
     spend = offset + cum
     day_start = math.floor(s.t[-1] / DAY) * DAY if len(s.t) else 0.0
     spend = np.where(s.t >= day_start, np.maximum(spend, 0.0), np.nan)
+    # Seconds before the aggregator was watching are not known, not zero: right after start-up
+    # the lines begin where the app began, instead of a flat "no traffic" across the window.
+    unseen = s.t < live.watching_since
+
+    def known(a: F64) -> F64:
+        return np.where(unseen, np.nan, a) if unseen[0] else a
+
     return TrafficFrame(
         state=state,
         t=s.t,
         step_s=1,
-        requests=s.requests,
-        failures={f: s.failures[f] for f in FAILURE_TYPES},
-        input_tokens=s.input_tokens,
-        output_tokens=s.output_tokens,
-        cost_usd=cost,
-        cache_hits=s.cache_hits,
+        requests=known(s.requests),
+        failures={f: known(s.failures[f]) for f in FAILURE_TYPES},
+        input_tokens=known(s.input_tokens),
+        output_tokens=known(s.output_tokens),
+        cost_usd=known(cost),
+        cache_hits=known(s.cache_hits),
         latency_ms={"p50": s.latency_ms[0.5], "p95": s.latency_ms[0.95], "p99": s.latency_ms[0.99]},
         ttft_ms={"p50": s.ttft_ms[0.5], "p95": s.ttft_ms[0.95]},
-        spend_day_usd=spend,
+        spend_day_usd=known(spend),
         budgets=list(facts.budgets) if facts is not None else [],
         transitions=list(facts.transitions) if facts is not None else [],
-        cost_min=per_min[w],
+        cost_min=known(per_min[w]),
     )
 
 

@@ -424,3 +424,24 @@ def test_a_failure_type_that_did_not_happen_draws_no_layer(
     for key in present:
         xs, _ys = chart.curves[key].getData()
         assert xs is not None and len(xs) == len(frame.t), key
+
+
+def test_seconds_before_the_app_was_watching_are_unknown_not_zero(page: TrafficPage) -> None:
+    """Right after start-up the lines begin where the app began, not as a flat zero across the window."""
+    clock = [NOW - 120]
+    live = LiveAggregator(clock=lambda: clock[0])  # started watching two minutes ago
+    clock[0] = NOW
+    live.add(list(synthetic_events(NOW - 100, 100, seed=8)))
+    assert live.watching_since == NOW - 120 - 0.25  # the whole second it started in
+    frame = live_frame(live, FilterState())
+    before = frame.t < live.watching_since
+    assert before.any() and not before.all()
+    assert np.isnan(frame.requests[before]).all() and np.isnan(frame.spend_day_usd[before]).all()
+    s = live.series(LiveFilter(), seconds=len(frame.t), now=NOW - 1)
+    np.testing.assert_array_equal(frame.requests[~before], s.requests[~before])  # the rest as counted
+    page.apply_frame(frame)
+    assert page.empty.isHidden()
+    assert math.isnan(page.crosshair_values(float(frame.t[0]))["requests"]["requests"])  # read out as "—"
+    # Events older than the aggregator (a source replaying history): no start is known.
+    live.add(list(synthetic_events(NOW - 600, 10, seed=9)))
+    assert live.watching_since == -math.inf
