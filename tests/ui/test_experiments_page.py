@@ -11,7 +11,17 @@ from typing import Any
 import pytest
 
 from app.sim import SimServer
-from app.ui.models.experiments_model import diff_html
+from app.ui.models.experiments_model import (
+    C_COL_SIGNIFICANT,
+    COLOR_ROLE,
+    SORT_ROLE,
+    V_COL_PASS_RATE,
+    CasesModel,
+    ComparisonsModel,
+    VariantsModel,
+    diff_html,
+    load_run,
+)
 from app.ui.models.runner import run_now
 from app.ui.pages.experiments import ExperimentsPage
 from app.ui.qt import Qt, QtWidgets
@@ -69,10 +79,11 @@ def test_open_run_and_read_the_verdict(
     text = page.verdict.text()
     assert "v2 passes fewer checks than v1: -100 points" in text
     assert "Gate FAILED" in text
-    assert page.variants.rowCount() == 2 and page.variants.item(0, 2).text().startswith("100%")
+    vm = page.variants_model
+    assert vm.rowCount() == 2 and vm.index(0, V_COL_PASS_RATE).data().startswith("100% [")
     assert page.progress.value() == 24
     # side by side: case 1, v2 against the baseline v1, differences highlighted
-    assert page.cases.rowCount() == 12
+    assert page.cases_model.rowCount() == 12
     assert page.left_variant.currentText() == "v2" and page.right_variant.currentText() == "v1"
     assert "Paris" in page.right_text.toPlainText() and "background" in page.right_text.toHtml()
     assert "icontains paris" in page.left_text.toPlainText()
@@ -98,14 +109,15 @@ def test_edit_the_dataset_in_place_and_import(
 ) -> None:
     open_file(page, tmp_path, cases=2)
     page.tabs.setCurrentIndex(2)
-    assert page.dataset.rowCount() == 2
-    assert [page.dataset.horizontalHeaderItem(j).text() for j in range(page.dataset.columnCount())] == [
+    dm = page.dataset_model
+    assert dm.rowCount() == 2
+    assert [dm.headerData(j, Qt.Orientation.Horizontal) for j in range(dm.columnCount())] == [
         "ticket",
         "expected",
     ]
     assert not page.save_dataset_button.isEnabled()
     qtbot.mouseClick(page.add_row_button, Qt.MouseButton.LeftButton)
-    page.dataset.setItem(2, 0, QtWidgets.QTableWidgetItem("ticket new"))
+    assert dm.setData(dm.index(2, 0), "ticket new")  # what the cell editor does
     assert page.save_dataset_button.isEnabled()
     qtbot.mouseClick(page.save_dataset_button, Qt.MouseButton.LeftButton)
     spec = q.get_experiment(store.engine, "capitals").spec  # type: ignore[union-attr]
@@ -114,7 +126,7 @@ def test_edit_the_dataset_in_place_and_import(
     csv_path = tmp_path / "cases.csv"
     csv_path.write_text("ticket,expected\nalpha,A\nbeta,B\ngamma,C\n", encoding="utf-8")
     assert page.import_dataset(csv_path)
-    assert page.dataset.rowCount() == 3 and "Unsaved" in page.dataset_note.text()
+    assert dm.rowCount() == 3 and "Unsaved" in page.dataset_note.text()
     qtbot.mouseClick(page.save_dataset_button, Qt.MouseButton.LeftButton)
     spec = q.get_experiment(store.engine, "capitals").spec  # type: ignore[union-attr]
     assert [(c["vars"]["ticket"], c["expected"]) for c in spec["cases"]] == [
@@ -219,3 +231,38 @@ def test_a_run_off_the_gui_thread_reports_progress_and_cancels(
     qtbot.waitUntil(lambda: page.view is not None and page.view.run.status == "done", timeout=10_000)
     assert "v2 passes fewer checks than v1" in page.verdict.text()
     page.timer.stop()
+
+
+def test_models_without_a_window(qtbot: Any, store: Store, sim: SimServer, tmp_path: Path) -> None:
+    """The table models read a run as the page shows it, with sort and colour roles (style.md item 3)."""
+    import asyncio
+
+    from app.experiments.runner import run_experiment
+    from app.experiments.spec import parse_experiment
+    from app.gateway.engine import Gateway
+
+    exp = parse_experiment(experiment_yaml(cases=12))
+
+    async def go() -> str:
+        async with Gateway(store) as gw:
+            return (await run_experiment(gw, store, exp)).run_id
+
+    view = load_run(store.engine, asyncio.run(go()))
+    variants = VariantsModel()
+    variants.set_variants(view.analysis.variants)
+    assert variants.index(1, V_COL_PASS_RATE).data() == "0% [0, 24]"
+    assert variants.index(0, V_COL_PASS_RATE).data(SORT_ROLE) == 1.0
+    assert variants.index(1, 0).data(COLOR_ROLE) == "v1"
+    comps = ComparisonsModel()
+    comps.set_comparisons(view.analysis.comparisons)
+    assert comps.index(0, 1).data() == "pass rate"
+    assert comps.index(0, C_COL_SIGNIFICANT).data() == "yes"
+    assert comps.index(0, C_COL_SIGNIFICANT).data(COLOR_ROLE) == "bad"  # v2 is worse
+    assert "v2 passes fewer checks than v1" in comps.index(0, 0).data(Qt.ItemDataRole.ToolTipRole)
+    cases = CasesModel()
+    cases.set_view(view)
+    assert cases.columnCount() == 4 and cases.headerData(1, Qt.Orientation.Horizontal) == "v1"
+    assert (cases.index(0, 1).data(), cases.index(0, 2).data()) == ("✓", "✗ 1/2")
+    assert cases.index(0, 2).data(SORT_ROLE) < cases.index(0, 1).data(SORT_ROLE)  # failures sort first
+    assert "paris" in cases.index(0, 2).data(Qt.ItemDataRole.ToolTipRole)
+    assert cases.index(3, 3).data() == "ticket=ticket 3"

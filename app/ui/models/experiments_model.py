@@ -1,6 +1,7 @@
-"""What the Experiments page shows, read off the GUI thread: experiments, runs, a run's analysis.
+"""What the Experiments page shows: experiments, runs and a run's analysis read off the GUI thread,
+and the table models the page's views show them with (style.md item 3; testable without a window).
 
-Plain data and blocking functions (the page hands them to its runner); no widgets.
+The reads are blocking functions the page hands to its runner.
 :func:`run_blocking` runs an experiment on a loop of its own in the calling
 (worker) thread with a gateway of its own on the same store, so the page never
 waits on the network and a run survives page switches.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.experiments import report
 from app.experiments.runner import ExperimentRunner, Progress, RunOutcome, resolve_prompts
 from app.experiments.spec import (
     Case,
@@ -27,7 +29,9 @@ from app.experiments.spec import (
     parse_csv_cases,
     parse_jsonl_cases,
 )
-from app.experiments.stats import Analysis, analyse
+from app.experiments.stats import Analysis, Comparison, VariantStats, analyse
+from app.ui.qt import QObject, Qt, QtCore, QtGui, Signal
+from app.ui.theme import current_colors
 from storage.queries import experiments as q
 
 #: Variant colours (Okabe-Ito, colour-blind safe), the baseline first.
@@ -289,3 +293,282 @@ def check_summary(r: q.ResultRecord | None) -> str:
         return "error"
     failed = sum(1 for c in r.checks if not c.get("passed"))
     return "✓" if r.passed else f"✗ {failed}/{len(r.checks)}"
+
+
+# --- table models (style.md item 3) -----------------------------------------------------------------
+
+SORT_ROLE = int(Qt.ItemDataRole.UserRole) + 1
+ROW_ROLE = int(Qt.ItemDataRole.UserRole) + 2
+#: A colour key for the page to paint with: ok | bad | muted, or a variant index as text ("v0", "v1").
+COLOR_ROLE = int(Qt.ItemDataRole.UserRole) + 3
+
+V_COL_VARIANT, V_COL_PASSED, V_COL_PASS_RATE, V_COL_SCORE, V_COL_P50, V_COL_P95, V_COL_COST = range(7)
+C_COL_WHAT, C_COL_METRIC, C_COL_DIFF, C_COL_P, C_COL_TEST, C_COL_SIGNIFICANT = range(6)
+_RIGHT = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+
+
+class VariantsModel(QtCore.QAbstractTableModel):
+    """One row per variant: passed, pass rate and judge score with their intervals, latency, cost."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[VariantStats] = []
+
+    def set_variants(self, rows: Sequence[VariantStats]) -> None:
+        self.beginResetModel()
+        self._rows = list(rows)
+        self.endResetModel()
+
+    def variant(self, row: int) -> VariantStats:
+        return self._rows[row]
+
+    def rowCount(self, parent: Any = None) -> int:
+        return 0 if parent is not None and parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Any = None) -> int:
+        return len(report.VARIANT_HEADERS)
+
+    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return report.VARIANT_HEADERS[section]
+        return None
+
+    def data(self, index: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        v, col = self._rows[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return report.variant_row(v)[col]
+        if role == SORT_ROLE:
+            return (
+                v.name,
+                v.passed,
+                v.pass_rate,
+                v.score_mean,
+                v.latency_p50,
+                v.latency_p95,
+                v.cost_per_case,
+            )[col]
+        if role == ROW_ROLE:
+            return v
+        if role in (COLOR_ROLE, Qt.ItemDataRole.ForegroundRole) and col == V_COL_VARIANT:
+            key = f"v{index.row()}"
+            return key if role == COLOR_ROLE else color_for(key, current_colors())
+        if role == Qt.ItemDataRole.FontRole and col == V_COL_VARIANT:
+            font = QtGui.QFont()
+            font.setBold(True)
+            return font
+        if role == Qt.ItemDataRole.TextAlignmentRole and col >= V_COL_P50:
+            return _RIGHT
+        if role == Qt.ItemDataRole.ToolTipRole and col == V_COL_PASS_RATE and v.pass_ci:
+            return f"{v.passed} of {v.results} graded results passed every check; Wilson 95% interval"
+        if role == Qt.ItemDataRole.ToolTipRole and col == V_COL_SCORE and v.score_ci:
+            return f"mean judge score of {v.scores} results; bootstrap 95% interval (seeded)"
+        return None
+
+
+class ComparisonsModel(QtCore.QAbstractTableModel):
+    """Each variant against the baseline, per metric: the difference, its interval, p and the test."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[Comparison] = []
+
+    def set_comparisons(self, rows: Sequence[Comparison]) -> None:
+        self.beginResetModel()
+        self._rows = list(rows)
+        self.endResetModel()
+
+    def rowCount(self, parent: Any = None) -> int:
+        return 0 if parent is not None and parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Any = None) -> int:
+        return len(report.COMPARISON_HEADERS)
+
+    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return report.COMPARISON_HEADERS[section]
+        return None
+
+    def data(self, index: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        c, col = self._rows[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return report.comparison_row(c)[col]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return c.sentence
+        if role == SORT_ROLE:
+            return (c.variant, c.metric, c.diff, c.p, c.test, c.significant)[col]
+        if role == ROW_ROLE:
+            return c
+        if (
+            role in (COLOR_ROLE, Qt.ItemDataRole.ForegroundRole)
+            and col == C_COL_SIGNIFICANT
+            and c.significant
+        ):
+            key = "ok" if c.better else "bad"
+            return key if role == COLOR_ROLE else color_for(key, current_colors())
+        return None
+
+
+class CasesModel(QtCore.QAbstractTableModel):
+    """One row per case: how each variant did (✓, ✗ failed/checks, error) and the case's variables."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._cases: list[Case] = []
+        self._variants: list[str] = []
+        self._by_case: dict[int, dict[str, list[q.ResultRecord]]] = {}
+
+    def set_view(self, view: RunView | None) -> None:
+        self.beginResetModel()
+        self._cases = list(view.experiment.cases) if view else []
+        self._variants = [v.name for v in view.experiment.variants] if view else []
+        self._by_case = view.by_case if view else {}
+        self.endResetModel()
+
+    def case(self, row: int) -> Case:
+        return self._cases[row]
+
+    def rowCount(self, parent: Any = None) -> int:
+        return 0 if parent is not None and parent.isValid() else len(self._cases)
+
+    def columnCount(self, parent: Any = None) -> int:
+        return 2 + len(self._variants)
+
+    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return ["case", *self._variants, "vars"][section]
+        return None
+
+    def _first(self, row: int, col: int) -> q.ResultRecord | None:
+        rs = self._by_case.get(self._cases[row].index, {}).get(self._variants[col - 1], [])
+        return rs[0] if rs else None
+
+    def data(self, index: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        row, col = index.row(), index.column()
+        c = self._cases[row]
+        last = 1 + len(self._variants)
+        if col == 0:
+            if role == Qt.ItemDataRole.DisplayRole:
+                return str(c.index + 1)
+            if role == SORT_ROLE:
+                return c.index
+            if role == Qt.ItemDataRole.TextAlignmentRole:
+                return _RIGHT
+            return None
+        if col == last:
+            if role in (Qt.ItemDataRole.DisplayRole, SORT_ROLE):
+                return vars_line(c)
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return vars_line(c, 2000)
+            return None
+        r = self._first(row, col)
+        text = check_summary(r)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return text
+        if role == SORT_ROLE:  # failures first when sorted ascending
+            return -1 if r is None else (0 if r.status != "ok" else (2 if r.passed else 1))
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if r is None:
+                return "not run yet"
+            failed = [f"{x.get('label')}: {x.get('reason')}" for x in r.checks if not x.get("passed")]
+            return r.error or "\n".join(failed) or "every check passed"
+        if role in (COLOR_ROLE, Qt.ItemDataRole.ForegroundRole) and text:
+            key = "ok" if text == "✓" else "bad"
+            return key if role == COLOR_ROLE else color_for(key, current_colors())
+        return None
+
+
+class DatasetModel(QtCore.QAbstractTableModel):
+    """The dataset, editable in place: one column per variable, then ``expected``."""
+
+    edited = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.columns: list[str] = []
+        self._rows: list[list[str]] = []
+
+    def set_cases(self, cases: Sequence[Case]) -> None:
+        self.beginResetModel()
+        self.columns = dataset_columns(cases)
+        self._rows = [
+            [cell_text(c.expected if col == "expected" else c.vars.get(col)) for col in self.columns]
+            for c in cases
+        ]
+        self.endResetModel()
+
+    def rows(self) -> list[list[str]]:
+        return [list(r) for r in self._rows]
+
+    def rowCount(self, parent: Any = None) -> int:
+        return 0 if parent is not None and parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: Any = None) -> int:
+        return len(self.columns)
+
+    def headerData(self, section: int, orientation: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole:
+            return None
+        return self.columns[section] if orientation == Qt.Orientation.Horizontal else str(section + 1)
+
+    def flags(self, index: Any) -> Any:
+        return super().flags(index) | Qt.ItemFlag.ItemIsEditable
+
+    def data(self, index: Any, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        if role in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.EditRole, SORT_ROLE):
+            return self._rows[index.row()][index.column()]
+        return None
+
+    def setData(self, index: Any, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
+        if not index.isValid() or role != Qt.ItemDataRole.EditRole:
+            return False
+        text = "" if value is None else str(value)
+        if self._rows[index.row()][index.column()] == text:
+            return False
+        self._rows[index.row()][index.column()] = text
+        self.dataChanged.emit(index, index, [role])
+        self.edited.emit()
+        return True
+
+    def add_row(self) -> int:
+        n = len(self._rows)
+        self.beginInsertRows(QtCore.QModelIndex(), n, n)
+        self._rows.append([""] * len(self.columns))
+        self.endInsertRows()
+        self.edited.emit()
+        return n
+
+    def remove_rows(self, rows: Sequence[int]) -> None:
+        for r in sorted(set(rows), reverse=True):
+            if 0 <= r < len(self._rows):
+                self.beginRemoveRows(QtCore.QModelIndex(), r, r)
+                del self._rows[r]
+                self.endRemoveRows()
+        self.edited.emit()
+
+
+def vars_line(c: Case, limit: int = 120) -> str:
+    text = ", ".join(f"{k}={cell_text(v)}" for k, v in c.vars.items())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def color_for(key: Any, colors: Any) -> QtGui.QColor | None:
+    """The QColor a COLOR_ROLE key means on this palette (variant colours lightened on dark ones)."""
+    if not isinstance(key, str):
+        return None
+    if key.startswith("v") and key[1:].isdigit():
+        c = QtGui.QColor(VARIANT_COLORS[int(key[1:]) % len(VARIANT_COLORS)])
+        if QtGui.QColor(colors.base).lightness() < 128:
+            c = QtGui.QColor(
+                round(c.red() * 0.6 + 102), round(c.green() * 0.6 + 102), round(c.blue() * 0.6 + 102)
+            )
+        return c
+    value = getattr(colors, key, None)
+    return QtGui.QColor(value) if isinstance(value, str) else None

@@ -28,15 +28,19 @@ from app.experiments.spec import Case, Experiment, ExperimentError
 from app.experiments.stats import Analysis
 from app.ui.charts import pg
 from app.ui.models.experiments_model import (
+    C_COL_TEST,
+    SORT_ROLE,
     VARIANT_COLORS,
+    CasesModel,
+    ComparisonsModel,
+    DatasetModel,
     ExperimentEntry,
     Overview,
     RunView,
+    VariantsModel,
     cases_from_rows,
-    cell_text,
     check_dataset,
     check_summary,
-    dataset_columns,
     diff_html,
     import_cases,
     load_page,
@@ -48,7 +52,7 @@ from app.ui.models.experiments_model import (
 from app.ui.models.runner import Runner
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
-from app.ui.qt import Qt, QtGui, QTimer, QtWidgets, Signal
+from app.ui.qt import Qt, QtCore, QtGui, QTimer, QtWidgets, Signal
 from app.ui.theme import Colors, current_colors
 from storage.queries.control import list_objects
 
@@ -74,28 +78,23 @@ def _clock(seconds: float | None) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-def _item(text: str, *, tooltip: str = "", align_right: bool = False) -> QtWidgets.QTableWidgetItem:
-    it = QtWidgets.QTableWidgetItem(text)
-    it.setFlags(it.flags() & ~Qt.ItemFlag.ItemIsEditable)
-    if tooltip:
-        it.setToolTip(tooltip)
-    if align_right:
-        it.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-    return it
-
-
-def _table(headers: list[str], *, stretch_last: bool = True) -> QtWidgets.QTableWidget:
-    t = QtWidgets.QTableWidget(0, len(headers))
-    t.setHorizontalHeaderLabels(headers)
+def _view(model: QtCore.QAbstractItemModel, *, stretch: int | None = None) -> QtWidgets.QTableView:
+    """A read-only table view of ``model``: whole rows selected, columns sized to their contents."""
+    t = QtWidgets.QTableView()
+    t.setModel(model)
     t.verticalHeader().setVisible(False)
+    t.verticalHeader().setDefaultSectionSize(t.fontMetrics().height() + 10)
     t.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
     t.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+    t.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
     t.setAlternatingRowColors(True)
     t.setWordWrap(False)
-    t.horizontalHeader().setStretchLastSection(stretch_last)
-    t.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
-    if stretch_last:
-        t.horizontalHeader().setSectionResizeMode(len(headers) - 1, QtWidgets.QHeaderView.ResizeMode.Stretch)
+    t.setTextElideMode(Qt.TextElideMode.ElideRight)
+    header = t.horizontalHeader()
+    header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
+    header.setStretchLastSection(stretch is None)
+    if stretch is not None:
+        header.setSectionResizeMode(stretch, QtWidgets.QHeaderView.ResizeMode.Stretch)
     return t
 
 
@@ -384,12 +383,12 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.verdict.setWordWrap(True)
         self.verdict.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         rl.addWidget(self.verdict)
-        self.variants = _table(report.VARIANT_HEADERS)
+        self.variants_model = VariantsModel(self)
+        self.variants = _view(self.variants_model)
         self.variants.setToolTip("Select a variant to promote it")
         rl.addWidget(self.variants)
-        self.comparisons = _table(report.COMPARISON_HEADERS, stretch_last=False)
-        self.comparisons.horizontalHeader().setSectionResizeMode(4, QtWidgets.QHeaderView.ResizeMode.Stretch)
-        self.comparisons.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.comparisons_model = ComparisonsModel(self)
+        self.comparisons = _view(self.comparisons_model, stretch=C_COL_TEST)
         rl.addWidget(self.comparisons)
         self.charts = DistributionCharts()
         rl.addWidget(self.charts, 1)
@@ -417,7 +416,14 @@ class ExperimentsPage(QtWidgets.QWidget):
         outputs = QtWidgets.QWidget()
         ol = QtWidgets.QVBoxLayout(outputs)
         ol.setContentsMargins(8, 8, 8, 8)
-        self.cases = _table(["case", "vars"])
+        self.cases_model = CasesModel(self)
+        self.cases_proxy = QtCore.QSortFilterProxyModel(self)
+        self.cases_proxy.setSourceModel(self.cases_model)
+        self.cases_proxy.setSortRole(SORT_ROLE)
+        self.cases = _view(self.cases_proxy)
+        self.cases.setSortingEnabled(True)
+        self.cases.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        self.cases.setToolTip("Sort a variant's column to see its failures first")
         ol.addWidget(self.cases, 2)
         pick = QtWidgets.QHBoxLayout()
         self.left_variant = QtWidgets.QComboBox()
@@ -450,7 +456,9 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.dataset_note = QtWidgets.QLabel("", objectName="muted")
         self.dataset_note.setWordWrap(True)
         dl.addWidget(self.dataset_note)
-        self.dataset = QtWidgets.QTableWidget(0, 0)
+        self.dataset_model = DatasetModel(self)
+        self.dataset = QtWidgets.QTableView()
+        self.dataset.setModel(self.dataset_model)
         self.dataset.setAlternatingRowColors(True)
         self.dataset.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.Interactive)
         self.dataset.horizontalHeader().setStretchLastSection(True)
@@ -475,7 +483,7 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.cancel_button.clicked.connect(self.cancel_run)
         self.exp_combo.currentIndexChanged.connect(self._on_exp_selected)
         self.run_combo.currentIndexChanged.connect(self._on_run_selected)
-        self.cases.itemSelectionChanged.connect(self._show_outputs)
+        self.cases.selectionModel().selectionChanged.connect(self._show_outputs)
         self.left_variant.currentIndexChanged.connect(self._show_outputs)
         self.right_variant.currentIndexChanged.connect(self._show_outputs)
         self.repetition.valueChanged.connect(self._show_outputs)
@@ -487,7 +495,7 @@ class ExperimentsPage(QtWidgets.QWidget):
         self.add_row_button.clicked.connect(self._add_row)
         self.remove_row_button.clicked.connect(self._remove_row)
         self.save_dataset_button.clicked.connect(self.save_dataset)
-        self.dataset.itemChanged.connect(self._on_dataset_edit)
+        self.dataset_model.edited.connect(self._on_dataset_edit)
         self._progress.connect(self._on_progress)
 
         self.timer = QTimer(self)
@@ -683,24 +691,8 @@ class ExperimentsPage(QtWidgets.QWidget):
         colors = current_colors()
         an = view.analysis if view else None
         self._show_verdict(an, view, colors)
-        self.variants.setRowCount(len(an.variants) if an else 0)
-        for i, v in enumerate(an.variants if an else []):
-            for j, text in enumerate(report.variant_row(v)):
-                it = _item(text, align_right=j >= 4)
-                if j == 0:
-                    it.setForeground(variant_text_color(i, colors))
-                    f = it.font()
-                    f.setBold(True)
-                    it.setFont(f)
-                self.variants.setItem(i, j, it)
-        comps = [c for c in an.comparisons] if an else []
-        self.comparisons.setRowCount(len(comps))
-        for i, c in enumerate(comps):
-            for j, text in enumerate(report.comparison_row(c)):
-                it = _item(text, tooltip=c.sentence)
-                if j == 5 and c.significant:
-                    it.setForeground(QtGui.QColor(colors.ok if c.better else colors.bad))
-                self.comparisons.setItem(i, j, it)
+        self.variants_model.set_variants(an.variants if an else [])
+        self.comparisons_model.set_comparisons(an.comparisons if an else [])
         self._fit_table(self.variants)
         self._fit_table(self.comparisons)
         self.charts.set_view(view)
@@ -709,8 +701,9 @@ class ExperimentsPage(QtWidgets.QWidget):
         self._show_cases()
         self._update_buttons()
 
-    def _fit_table(self, t: QtWidgets.QTableWidget) -> None:
-        h = t.horizontalHeader().height() + 4 + sum(t.rowHeight(i) for i in range(t.rowCount()))
+    def _fit_table(self, t: QtWidgets.QTableView) -> None:
+        rows = t.model().rowCount()
+        h = t.horizontalHeader().sizeHint().height() + 4 + sum(t.rowHeight(i) for i in range(rows))
         t.setFixedHeight(min(max(h, 60), 190))
 
     def _show_verdict(self, an: Analysis | None, view: RunView | None, colors: Colors) -> None:
@@ -746,37 +739,17 @@ class ExperimentsPage(QtWidgets.QWidget):
         rows = self.variants.selectionModel().selectedRows()
         if not rows or self.view is None:
             return None
-        item = self.variants.item(rows[0].row(), 0)
-        return item.text() if item else None
+        return self.variants_model.variant(rows[0].row()).name
 
     # --- outputs side by side -----------------------------------------------------------------
 
     def _show_cases(self) -> None:
         view = self.view
         names = [v.name for v in view.experiment.variants] if view else []
-        self.cases.blockSignals(True)
-        self.cases.clear()
-        self.cases.setColumnCount(2 + len(names))
-        self.cases.setHorizontalHeaderLabels(["case", *names, "vars"])
-        self.cases.horizontalHeader().setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
-        self.cases.horizontalHeader().setSectionResizeMode(
-            1 + len(names), QtWidgets.QHeaderView.ResizeMode.Stretch
-        )
-        cases = view.experiment.cases if view else ()
-        self.cases.setRowCount(len(cases))
-        colors = current_colors()
-        for i, c in enumerate(cases):
-            self.cases.setItem(i, 0, _item(str(c.index + 1), align_right=True))
-            per = view.by_case.get(c.index, {}) if view else {}
-            for j, name in enumerate(names):
-                rs = per.get(name, [])
-                text = check_summary(rs[0]) if rs else ""
-                it = _item(text, tooltip=rs[0].error or "" if rs else "not run yet")
-                if text:
-                    it.setForeground(QtGui.QColor(colors.ok if text == "✓" else colors.bad))
-                self.cases.setItem(i, 1 + j, it)
-            self.cases.setItem(i, 1 + len(names), _item(_vars_line(c), tooltip=_vars_line(c, 2000)))
-        self.cases.blockSignals(False)
+        selected = self._selected_case()
+        self.cases_model.set_view(view)
+        header = self.cases.horizontalHeader()
+        header.setStretchLastSection(True)
         for combo, default in ((self.left_variant, 1 if len(names) > 1 else 0), (self.right_variant, 0)):
             current = combo.currentText()
             combo.blockSignals(True)
@@ -785,18 +758,28 @@ class ExperimentsPage(QtWidgets.QWidget):
             combo.setCurrentIndex(names.index(current) if current in names else min(default, len(names) - 1))
             combo.blockSignals(False)
         self.repetition.setMaximum(view.experiment.repeat if view else 1)
-        if cases and not self.cases.selectionModel().selectedRows():
-            self.cases.selectRow(0)
+        if view is not None and view.experiment.cases:
+            row = 0
+            for r in range(self.cases_model.rowCount()):
+                if self.cases_model.case(r).index == selected:
+                    row = r
+            self.cases.selectRow(self.cases_proxy.mapFromSource(self.cases_model.index(row, 0)).row())
         self._show_outputs()
+
+    def _selected_case(self) -> int | None:
+        rows = self.cases.selectionModel().selectedRows()
+        if not rows:
+            return None
+        source = self.cases_proxy.mapToSource(rows[0])
+        return self.cases_model.case(source.row()).index if source.isValid() else None
 
     def _show_outputs(self) -> None:
         view = self.view
-        rows = self.cases.selectionModel().selectedRows() if view else []
-        if view is None or not rows:
+        case_index = self._selected_case() if view else None
+        if view is None or case_index is None:
             self.left_text.setHtml("")
             self.right_text.setHtml("")
             return
-        case_index = view.experiment.cases[rows[0].row()].index
         rep = self.repetition.value() - 1
         per = view.by_case.get(case_index, {})
 
@@ -826,21 +809,11 @@ class ExperimentsPage(QtWidgets.QWidget):
         self._dataset_dirty = False
         self._dataset_note()
 
-    def _fill_dataset(self, cases: list[Case], columns: list[str] | None = None) -> None:
-        cols = columns or dataset_columns(cases)
-        self.dataset.blockSignals(True)
-        self.dataset.clear()
-        self.dataset.setColumnCount(len(cols))
-        self.dataset.setHorizontalHeaderLabels(cols)
-        self.dataset.setRowCount(len(cases))
-        for i, c in enumerate(cases):
-            for j, col in enumerate(cols):
-                value = c.expected if col == "expected" else c.vars.get(col)
-                self.dataset.setItem(i, j, QtWidgets.QTableWidgetItem(cell_text(value)))
+    def _fill_dataset(self, cases: list[Case]) -> None:
+        self.dataset_model.set_cases(cases)
         self.dataset.resizeColumnsToContents()
-        for j in range(len(cols) - 1):  # wide enough to read, never wider than a third of the table
+        for j in range(self.dataset_model.columnCount() - 1):  # readable, never wider than a third
             self.dataset.setColumnWidth(j, min(max(self.dataset.columnWidth(j), 80), 360))
-        self.dataset.blockSignals(False)
 
     def _dataset_note(self, extra: str = "") -> None:
         entry = self._entry()
@@ -850,35 +823,24 @@ class ExperimentsPage(QtWidgets.QWidget):
             return
         state = "Unsaved changes. " if self._dataset_dirty else ""
         self.dataset_note.setText(
-            f"{state}{self.dataset.rowCount()} rows. Edit cells in place, or import a CSV (a header row of "
+            f"{state}{self.dataset_model.rowCount()} rows. Edit cells in place, or import a CSV (a header row of "
             "variable names) or a JSONL file (one object of variables per line); a column named expected "
             "is what equals/contains checks without a value compare with. A new run uses the saved dataset."
             + (f" {extra}" if extra else "")
         )
 
-    def _table_rows(self) -> tuple[list[str], list[list[str]]]:
-        cols = [self.dataset.horizontalHeaderItem(j).text() for j in range(self.dataset.columnCount())]
-        rows = [
-            [(self.dataset.item(i, j).text() if self.dataset.item(i, j) else "") for j in range(len(cols))]
-            for i in range(self.dataset.rowCount())
-        ]
-        return cols, rows
-
-    def _on_dataset_edit(self, _item: Any) -> None:
+    def _on_dataset_edit(self) -> None:
         self._dataset_dirty = True
         self._dataset_note()
         self._update_buttons()
 
     def _add_row(self) -> None:
-        self.dataset.insertRow(self.dataset.rowCount())
-        self._on_dataset_edit(None)
+        row = self.dataset_model.add_row()
+        self.dataset.setCurrentIndex(self.dataset_model.index(row, 0))
 
     def _remove_row(self) -> None:
-        rows = sorted({i.row() for i in self.dataset.selectedIndexes()}, reverse=True)
-        for r in rows or [self.dataset.rowCount() - 1]:
-            if r >= 0:
-                self.dataset.removeRow(r)
-        self._on_dataset_edit(None)
+        rows = {i.row() for i in self.dataset.selectedIndexes()}
+        self.dataset_model.remove_rows(sorted(rows) or [self.dataset_model.rowCount() - 1])
 
     def _choose_dataset(self) -> None:
         path, _ = QtWidgets.QFileDialog.getOpenFileName(
@@ -905,8 +867,7 @@ class ExperimentsPage(QtWidgets.QWidget):
         store = self._store()
         if entry is None or entry.experiment is None or store is None or self._runner is None:
             return
-        cols, rows = self._table_rows()
-        cases = cases_from_rows(cols, rows, self._dataset_cases)
+        cases = cases_from_rows(self.dataset_model.columns, self.dataset_model.rows(), self._dataset_cases)
         exp = entry.experiment.with_cases(tuple(cases))
         problems = check_dataset(exp, cases)
         if problems:
@@ -1155,18 +1116,6 @@ class ExperimentsPage(QtWidgets.QWidget):
         )
 
 
-def variant_text_color(i: int, colors: Colors) -> QtGui.QColor:
-    """The variant's colour, lightened on a dark palette so it reads as text."""
-    c = QtGui.QColor(VARIANT_COLORS[i % len(VARIANT_COLORS)])
-    if QtGui.QColor(colors.base).lightness() < 128:
-        c = QtGui.QColor(
-            round(c.red() * 0.6 + 255 * 0.4),
-            round(c.green() * 0.6 + 255 * 0.4),
-            round(c.blue() * 0.6 + 255 * 0.4),
-        )
-    return c
-
-
 def _html(text: str) -> str:
     import html
 
@@ -1182,11 +1131,6 @@ def _tint(color: str, colors: Colors) -> str:
     g = round(c.green() * mix + base.green() * (1 - mix))
     b = round(c.blue() * mix + base.blue() * (1 - mix))
     return f"#{r:02x}{g:02x}{b:02x}"
-
-
-def _vars_line(c: Case, limit: int = 120) -> str:
-    text = ", ".join(f"{k}={cell_text(v)}" for k, v in c.vars.items())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _pane(name: str, r: Any, body: str, colors: Colors) -> str:
