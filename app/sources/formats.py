@@ -46,6 +46,8 @@ from app.core.ids import derived_event_id
 from app.core.pricing import price_call
 from app.sources.base import Rejected
 from storage.queries.events import EVENT_COLUMNS, event_rows, json_string_list, json_string_map
+from storage.queries.events import _list_cache as _LIST_TEXT
+from storage.queries.events import _map_cache as _MAP_TEXT
 
 #: Reason categories a format or line reader gives (the text before the colon of a reason).
 REASONS: tuple[str, ...] = (
@@ -398,14 +400,27 @@ _NUL_ESCAPE = b"\\u0000"
 
 
 def _row_of_dict(d: Any) -> tuple[Any, ...] | None:
-    """A decoded record as a row (tags and targets as JSON text), or ``None`` when it lacks fields."""
+    """A decoded record as a row (tags and targets as JSON text), or ``None`` when it lacks fields.
+
+    Tags and targets not plainly strings become ``None``, which the signature check refuses.
+    The usual shapes are found in the encoders' caches without a call (this runs once a line).
+    """
     if type(d) is not dict:
         return None
     try:
-        d["tags"] = json_string_map(
-            d["tags"]
-        )  # None when not a map of strings: the signature check refuses it
-        d["targets_tried"] = json_string_list(d["targets_tried"])
+        tags = d["tags"]
+        targets = d["targets_tried"]
+    except KeyError:
+        return None
+    try:
+        d["tags"] = _MAP_TEXT[tuple(tags.items())]  # only maps of strings are cached
+    except (KeyError, TypeError, AttributeError):
+        d["tags"] = json_string_map(tags)
+    try:
+        d["targets_tried"] = _LIST_TEXT[tuple(targets)] if type(targets) is list else None
+    except (KeyError, TypeError):
+        d["targets_tried"] = json_string_list(targets)
+    try:
         row: tuple[Any, ...] = _ROW_OF(d)
     except KeyError:
         return None
