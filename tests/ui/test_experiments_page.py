@@ -266,3 +266,35 @@ def test_models_without_a_window(qtbot: Any, store: Store, sim: SimServer, tmp_p
     assert cases.index(0, 2).data(SORT_ROLE) < cases.index(0, 1).data(SORT_ROLE)  # failures sort first
     assert "paris" in cases.index(0, 2).data(Qt.ItemDataRole.ToolTipRole)
     assert cases.index(3, 3).data() == "ticket=ticket 3"
+
+
+def test_runs_on_the_targets_of_a_gateway_configured_in_code(
+    qtbot: Any, sim: SimServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's gateway has its targets in code, not in the store: a run from the page uses them."""
+    from app.core.config import parse_config
+    from app.gateway.engine import Gateway
+    from storage.engine import open_store
+
+    sim.set_scenario(GRADING_SCENARIO)
+    config = parse_config(
+        f"""
+providers:
+  - {{name: sim-openai, kind: openai, base_url: "{sim.openai_base_url}", api_key: keyring}}
+  - {{name: sim-anthropic, kind: anthropic, base_url: "{sim.anthropic_base_url}", api_key: keyring}}
+targets:
+  - {{name: fast, provider: sim-openai, model: gpt-4o-mini}}
+  - {{name: strong, provider: sim-anthropic, model: claude-sonnet-4-5}}
+"""
+    )
+    with open_store(f"sqlite:///{tmp_path / 'demo.db'}") as bare:
+        live = Gateway(bare, config=config, key_resolver=lambda provider, ref: "sk-demo-not-a-real-key-000")
+        page = ExperimentsPage()
+        qtbot.addWidget(page)
+        page.attach_store(bare, run_now, lambda: live)
+        open_file(page, tmp_path, cases=3)
+        qtbot.mouseClick(page.run_button, Qt.MouseButton.LeftButton)
+        run = q.list_runs(bare.engine, "capitals")[0]
+        assert (run.status, run.done) == ("done", 6)
+        assert all(r.status == "ok" for r in q.fetch_results(bare.engine, run.run_id))
+        page.timer.stop()

@@ -235,12 +235,24 @@ def run_blocking(
     on_progress: Callable[[Progress], None],
     on_runner: Callable[[ExperimentRunner], None],
     progress_interval_s: float = 0.1,
+    live_gateway: Any = None,
 ) -> RunOutcome:
-    """Run (or resume) ``exp`` here, on a loop of this thread, with a gateway of its own on ``store``."""
+    """Run (or resume) ``exp`` here, on a loop of this thread, with a gateway of its own on ``store``.
+
+    ``live_gateway``: the app's in-process gateway, when it is configured in code rather than from
+    the store (the demo); the run's gateway then takes the same targets and keys.
+    """
     from app.gateway.engine import Gateway
 
+    config, resolver = None, None
+    state = getattr(live_gateway, "state", None)
+    if state is not None and getattr(state, "source", "store") == "config":
+        config = state.config
+        # The demo's key resolver hands out its fake key; the gateway keeps it only privately.
+        resolver = getattr(live_gateway, "_key_resolver", None)
+
     async def go() -> RunOutcome:
-        async with Gateway(store) as gw:
+        async with Gateway(store, config=config, key_resolver=resolver) as gw:
             runner = ExperimentRunner(
                 gw,
                 store,

@@ -300,6 +300,7 @@ class ExperimentsPage(QtWidgets.QWidget):
         spec = page_spec("experiments")
         self._runner: Runner | None = None
         self._store_getter: Any = lambda: None
+        self._gateway_getter: Any = lambda: None
         self._busy = False
         self.overview: Overview | None = None
         self.view: RunView | None = None
@@ -512,6 +513,7 @@ class ExperimentsPage(QtWidgets.QWidget):
     def attach_store(self, store: Any, runner: Runner, gateway: Any = None) -> None:
         self._runner = runner
         self._store_getter = store if callable(store) else (lambda: store)
+        self._gateway_getter = gateway if callable(gateway) else (lambda: gateway)
         app = QtWidgets.QApplication.instance()
         if app is not None:  # a run in flight stops (resumable) when the app quits
             app.aboutToQuit.connect(self.cancel_run)
@@ -963,10 +965,16 @@ class ExperimentsPage(QtWidgets.QWidget):
         def on_runner(r: ExperimentRunner) -> None:
             self.running = r
 
-        emit, every = self._progress.emit, self.progress_interval_s
+        emit, every, live = self._progress.emit, self.progress_interval_s, self._gateway_getter()
         self._runner(
             lambda: run_blocking(
-                store, exp, run_id=run_id, on_progress=emit, on_runner=on_runner, progress_interval_s=every
+                store,
+                exp,
+                run_id=run_id,
+                on_progress=emit,
+                on_runner=on_runner,
+                progress_interval_s=every,
+                live_gateway=live,
             ),
             self._on_finished,
             self._on_run_error,
