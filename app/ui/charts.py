@@ -37,6 +37,9 @@ import pyqtgraph as pg
 F64 = npt.NDArray[np.float64]
 Formatter = Callable[[float], str]
 
+#: A line goes on across at most this many steps without a value; a longer gap shows as a gap.
+MAX_GAP_STEPS = 10
+
 __all__ = [
     "ChartHeader",
     "Crosshair",
@@ -247,7 +250,17 @@ class TimeChart:
                 finite = y[np.isfinite(y)]
                 if finite.size:
                     peak = max(peak, float(finite.max()))
-            curve.setData(t, y)
+            if spec.stacked or bool(np.isfinite(y).all()):
+                curve.setData(t, y, connect="all" if spec.stacked else "finite")
+            else:
+                # Seconds without a value (no request ended then: no latency) would leave sparse
+                # traffic as invisible dots: draw the known points, joined across short gaps only.
+                known = np.isfinite(y)
+                xs, ys = t[known], y[known]
+                step = float(t[1] - t[0]) if len(t) > 1 else 1.0
+                joined = np.zeros(len(xs), dtype=bool)
+                joined[:-1] = np.diff(xs) <= MAX_GAP_STEPS * step
+                curve.setData(xs, ys, connect=joined)
         top = self.yrange.fit(peak)
         self.plot.getViewBox().setYRange(0.0, top, padding=0.0)
 

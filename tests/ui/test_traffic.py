@@ -84,7 +84,10 @@ def test_every_chart_renders_live_data_with_units(page: TrafficPage, seeded_live
     assert page.empty.isHidden()
     for key, chart in page.charts.items():
         xs, _ys = chart.curves[chart.specs[0].key].getData()
-        assert xs is not None and len(xs) == 900, key
+        # Every second with a value is drawn (a second without a latency is left out of its line).
+        known = np.isfinite(chart.values[chart.specs[0].key])
+        assert xs is not None and len(xs) == int(known.sum()) > 800, key
+        assert np.array_equal(xs, chart.t[known]), key
         assert chart.plot.getAxis("left").labelText, f"{key} has no unit on its axis"
         assert chart.plot.getViewBox().state["autoRange"] == [False, False], "live charts must not autorange"
     units = {k: c.plot.getAxis("left").labelText for k, c in page.charts.items()}
@@ -445,3 +448,19 @@ def test_seconds_before_the_app_was_watching_are_unknown_not_zero(page: TrafficP
     # Events older than the aggregator (a source replaying history): no start is known.
     live.add(list(synthetic_events(NOW - 600, 10, seed=9)))
     assert live.watching_since == -math.inf
+
+
+def test_a_sparse_latency_line_joins_short_gaps_only(page: TrafficPage) -> None:
+    from app.ui.charts import MAX_GAP_STEPS
+
+    chart = page.charts["latency"]
+    t = np.arange(100.0) + NOW
+    y = np.full(100, np.nan)
+    y[[0, 1, 3, 3 + MAX_GAP_STEPS + 1, 3 + MAX_GAP_STEPS + 2]] = [100.0, 200.0, 300.0, 400.0, 500.0]
+    chart.set_data(t, {"p50": y, "p95": y, "p99": y})
+    curve = chart.curves["p50"]
+    xs, ys = curve.xData, curve.yData  # the data set (getData is clipped to the view)
+    assert ys.tolist() == [100.0, 200.0, 300.0, 400.0, 500.0] and xs[2] == NOW + 3
+    joined = chart.curves["p50"].opts["connect"]
+    assert joined.tolist() == [True, True, False, True, False]  # 1 -> 3 joined; 3 -> 14 is a gap
+    assert math.isnan(chart.value_at(2)["p50"])  # the crosshair still says "no value in that second"
