@@ -322,20 +322,26 @@ def _fsums(gid: npt.NDArray[np.int64], values: npt.NDArray[np.float64], n: int) 
 
 
 def _group_ids(rows: Sequence[Sequence[Any]]) -> tuple[npt.NDArray[np.int64], list[RollupKey]]:
-    """Each row's rollup key as an index into the batch's distinct keys (in order of appearance)."""
+    """Each row's rollup key as an index into the batch's distinct keys."""
     ts = _floats(rows, _R_TS)
-    minutes = (ts - ts % 60.0).tolist()
-    # Keyed on the raw dimensions first (route and feature may be None), normalised per distinct key.
-    raw: dict[tuple[float, tuple[Any, ...]], int] = {}
-    setdefault = raw.setdefault
-    dims = map(itemgetter(_R_PROVIDER, _R_MODEL, _R_ROUTE, _R_FEATURE), rows)
-    first = np.array([setdefault(k, len(raw)) for k in zip(minutes, dims, strict=True)], dtype=np.int64)
+    minutes = ts - ts % 60.0
+    # Distinct dimensions through a dict (C-level loops: dict.fromkeys, map), minutes through numpy;
+    # route and feature may be None here, normalised to "" per distinct key below.
+    dims = list(map(itemgetter(_R_PROVIDER, _R_MODEL, _R_ROUTE, _R_FEATURE), rows))
+    dim_list = list(dict.fromkeys(dims))
+    dim_id = {k: j for j, k in enumerate(dim_list)}
+    dim_of_row = np.fromiter(map(dim_id.__getitem__, dims), dtype=np.int64, count=len(dims))
+    unique_minutes, minute_of_row = np.unique(minutes, return_inverse=True)
+    width = len(unique_minutes)
+    cells, cell_of_row = np.unique(dim_of_row * width + minute_of_row.reshape(-1), return_inverse=True)
     index: dict[RollupKey, int] = {}
-    remap = np.empty(len(raw), dtype=np.int64)
-    for j, (minute, (provider, model, route, feature)) in enumerate(raw):
-        key: RollupKey = (minute, provider, model, route or "", feature or "")
+    remap = np.empty(len(cells), dtype=np.int64)
+    minute_values = unique_minutes.tolist()
+    for j, cell in enumerate(cells.tolist()):
+        provider, model, route, feature = dim_list[cell // width]
+        key: RollupKey = (minute_values[cell % width], provider, model, route or "", feature or "")
         remap[j] = index.setdefault(key, len(index))
-    return remap[first], list(index)
+    return remap[cell_of_row.reshape(-1)], list(index)
 
 
 def merge_rollup_rows(bind: Engine | Connection, rows: Sequence[Sequence[Any]]) -> int:
