@@ -292,15 +292,19 @@ class TimeChart:
         for old in self.annotations:
             self.plot.removeItem(old.item)
         self.annotations = []
-        for value, label, color in lines:
+        # Lines close together (a budget and its warning level) must not print their labels over
+        # each other: the first label sits above its line, the next below its own, further along.
+        ordered = sorted(lines, key=lambda line: -line[0])
+        for i, (value, label, color) in enumerate(ordered):
             pen = pg.mkPen(color, width=1, style=Qt.PenStyle.DashLine)
+            anchor = (0, 1) if i % 2 == 0 else (0, 0)
             line = pg.InfiniteLine(
                 pos=value,
                 angle=0,
                 movable=False,
                 pen=pen,
                 label=label,
-                labelOpts={"position": 0.02, "color": color, "anchors": [(0, 1), (0, 1)]},
+                labelOpts={"position": 0.02 + 0.3 * (i % 3), "color": color, "anchors": [anchor, anchor]},
             )
             self.plot.addItem(line, ignoreBounds=True)
             self.annotations.append(_Annotation(line, value))

@@ -366,6 +366,7 @@ class TrafficPage(QtWidgets.QWidget):
             if b.warn_at:
                 level = max(b.warn_at)
                 lines.append((b.limit_usd * level, f"warn {level:.0%}", colors.warn))
+        lines.sort(key=lambda line: -line[0])  # the order the chart lays their labels out in
         spend = self.charts["spend"]
         if [(v, lab) for v, lab, _ in lines] != [
             (a.value, a.item.label.toPlainText()) for a in spend.annotations
