@@ -54,7 +54,7 @@ class ExperimentRunError(RuntimeError):
 class RateGate:
     """Requests and tokens per minute for one provider, as two continuously refilled buckets.
 
-    Starts cautious (one request) unless the limit is known from the config, then trusts the
+    Starts cautious (one call) unless told to start full, then trusts the
     first rate-limit headers it sees for the level; later headers can only lower it (someone
     else is using the key).  A header's ``remaining`` is corrected for what we sent after that
     request and for the refill since, so the estimate stays on the safe side.
@@ -77,7 +77,7 @@ class RateGate:
         self._clock = clock
         now = clock()
         self._req = float(rpm) if (rpm and start_full) else (1.0 if rpm else math.inf)
-        self._tok = float(tpm) if (tpm and start_full) else (float(tpm) if tpm else math.inf)
+        self._tok = float(tpm) if (tpm and start_full) else (0.0 if tpm else math.inf)
         self._updated = now
         self._synced_req = start_full
         self._synced_tok = start_full
@@ -104,10 +104,10 @@ class RateGate:
                 wait = 0.0
                 if self.rpm and self._req < 1.0:
                     wait = (1.0 - self._req) * 60.0 / self.rpm
-                if self.tpm:
-                    need = min(
-                        float(tokens), float(self.tpm)
-                    )  # a call bigger than the minute waits for a full one
+                first = self._sent == 0 and not self._synced_tok  # one call goes, to learn from its headers
+                if self.tpm and not first:
+                    # A call bigger than the whole minute waits for a full one.
+                    need = min(float(tokens), float(self.tpm))
                     if self._tok < need:
                         wait = max(wait, (need - self._tok) * 60.0 / self.tpm)
                 if wait <= 0.0:
@@ -512,14 +512,22 @@ class ExperimentRunner:
         system: str | None,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
+        *,
+        key: str,
     ) -> int:
+        """Tokens a call will take of the provider's minute: its input, and the output its variant
+        (``key``) has been producing, with headroom, or the output cap the call sets."""
         gate = self.gate(provider)
         if not gate.tpm:
             return 0
         n_in = core_tokens.count_messages(messages, model, system).tokens
         out = next((params[k] for k in _OUTPUT_KEYS if isinstance(params.get(k), int)), None)
-        if out is None:
-            out = int(self._output_avg.get(provider, DEFAULT_OUTPUT_TOKENS) * 1.2) + 1
+        seen = self._output_avg.get(key)
+        if seen is not None:
+            guess = int(seen * 1.25) + 1
+            out = min(out, guess) if out is not None else guess
+        elif out is None:
+            out = DEFAULT_OUTPUT_TOKENS
         return int(n_in + out)
 
     async def _call(
@@ -532,6 +540,7 @@ class ExperimentRunner:
         call_messages: list[dict[str, Any]] | None = None,
         call_system: str | None = None,
         call_params: dict[str, Any] | None = None,
+        estimate_key: str = "",
         **extra: Any,
     ) -> tuple[Any, GatewayError | None]:
         """One gateway call within the target's provider limits: (response or None, error or None).
@@ -541,7 +550,8 @@ class ExperimentRunner:
         """
         provider = self._provider_of(target)
         t = self.gateway.state.targets[target]
-        estimated = self._estimate(provider, t.model, system, messages, params)
+        key = estimate_key or target
+        estimated = self._estimate(provider, t.model, system, messages, params, key=key)
         gate = self.gate(provider)
         seq = await gate.acquire(estimated)
         self._calls += 1
@@ -570,10 +580,10 @@ class ExperimentRunner:
         usage = resp.result.usage
         actual = usage.input_tokens + usage.output_tokens if usage is not None else None
         if usage is not None:
-            prev = self._output_avg.get(provider)
-            self._output_avg[provider] = (
-                usage.output_tokens if prev is None else 0.9 * prev + 0.1 * usage.output_tokens
-            )
+            prev = self._output_avg.get(key)
+            out = float(usage.output_tokens)
+            # Up at once, down slowly: an underestimate spends tokens the provider has not got.
+            self._output_avg[key] = out if prev is None or out > prev else 0.9 * prev + 0.1 * out
         gate.settle(seq, estimated, actual, resp.result.rate_limits)
         if resp.event.cost_usd:
             self._cost += resp.event.cost_usd
@@ -601,9 +611,12 @@ class ExperimentRunner:
                 prompt_name=prompt.registry_name,
                 prompt_version=prompt.registry_version,
                 prompt_vars=dict(case.vars),
+                estimate_key=v.name,
             )
         else:
-            resp, err = await self._call(v.target, system, messages, file_params, feature="ab", tags=tags)
+            resp, err = await self._call(
+                v.target, system, messages, file_params, feature="ab", tags=tags, estimate_key=v.name
+            )
         rec = q.ResultRecord(self.run_id, v.name, case.index, item.repetition, "ok", created_at=time.time())
         if err is not None:
             ev = err.event
@@ -642,16 +655,11 @@ class ExperimentRunner:
             checks.append(data)
             passed = passed and res.passed
             if res.score is not None:
-                scores.append(self._normalised(chk, res.score))
+                scores.append(res.score)  # several judges: the mean of their scores
         rec.checks = checks
         rec.passed = passed if rec.status == "ok" else None
         rec.score = sum(scores) / len(scores) if scores else None
         return rec
-
-    @staticmethod
-    def _normalised(chk: CheckSpec, score: float) -> float:
-        # One judge: its own scale.  (Several judges average on their own scales; keep them alike.)
-        return score
 
     async def _judge(
         self, chk: CheckSpec, case: Case, prompt_text: str, output: str
@@ -663,6 +671,7 @@ class ExperimentRunner:
             system,
             messages,
             {"temperature": 0, "max_tokens": JUDGE_MAX_TOKENS},
+            estimate_key=f"judge:{chk.target}",
             feature="ab-judge",
             tags={"experiment": self.experiment.name, "ab_run": self.run_id[:12]},
         )

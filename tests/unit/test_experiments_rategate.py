@@ -74,7 +74,7 @@ def test_backs_off_when_someone_else_uses_the_key() -> None:
 
 def test_tokens_per_minute_are_paced_and_corrected() -> None:
     t = FakeTime()
-    gate = RateGate("p", None, 6000, clock=t.clock, sleep=t.sleep)
+    gate = RateGate("p", None, 6000, clock=t.clock, sleep=t.sleep, start_full=True)
 
     async def go() -> float:
         for _ in range(6):
@@ -85,3 +85,21 @@ def test_tokens_per_minute_are_paced_and_corrected() -> None:
         return t.now - start
 
     assert asyncio.run(go()) == 10.0
+
+
+def test_tokens_start_cautious_until_headers_say_what_is_left() -> None:
+    t = FakeTime()
+    gate = RateGate("p", None, 6000, clock=t.clock, sleep=t.sleep)
+
+    async def go() -> tuple[float, float]:
+        seq = await gate.acquire(500)  # the first call goes at once, to learn from its headers
+        assert t.now == 1000.0
+        gate.settle(seq, 500, 400, RateLimitInfo(tokens=RateWindow(6000, 5600, None)))
+        start = t.now
+        for _ in range(11):  # 5600 left: eleven calls of 500 at once
+            await gate.acquire(500)
+        burst = t.now - start
+        await gate.acquire(500)  # 100 left: 400 more take 4 s at 100 tokens/s
+        return burst, t.now - start
+
+    assert asyncio.run(go()) == (0.0, 4.0)
