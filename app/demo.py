@@ -47,7 +47,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,53 @@ def demo_config(openai_base_url: str, anthropic_base_url: str) -> ControlConfig:
         "${SIM_ANTHROPIC_URL}", anthropic_base_url
     )
     return parse_config(text, "resources/demo/control.yaml")
+
+
+def install_demo_control(store: Store, config: ControlConfig) -> bool:
+    """Put the demo's control config in the store, so every editor steers the demo's traffic.
+
+    On a store with no control objects the whole config is applied (audited as ``demo``).  On a
+    store that holds only what an earlier demo put there, the simulator's new URLs are written into
+    its providers (the simulator listens on a free port each time).  A store with the operator's
+    own providers is left alone and the demo gateway runs on its own config: answers False.
+    """
+    from app.gateway.control import apply_config
+    from storage.queries.control import list_objects, save_object
+
+    engine = store.engine
+    demo_names = {p.name for p in config.providers}
+    providers = list_objects(engine, "provider")
+    if not providers and not any(list_objects(engine, kind) for kind in ("target", "route", "budget")):
+        apply_config(
+            engine,
+            config,
+            actor=DEMO_SOURCE,
+            reason="demo mode: the simulator's providers, targets, routes and budgets",
+        )
+        return True
+    if not providers or not {p["name"] for p in providers} <= demo_names:
+        return False
+    for row in providers:
+        wanted = next(p for p in config.providers if p.name == row["name"]).base_url
+        if row.get("base_url") != wanted:
+            save_object(
+                engine,
+                "provider",
+                {**row, "base_url": wanted},
+                actor=DEMO_SOURCE,
+                reason=f"demo mode: the simulator now listens on {wanted}",
+                expected_revision=row["revision"],
+            )
+    return True
+
+
+def only_demo_providers(names: Collection[str]) -> bool:
+    """Whether a store's providers are all the demo's (so ``--demo-if-empty`` still counts it as empty)."""
+    return set(names) <= DEMO_PROVIDERS
+
+
+#: The providers the demo config names (resources/demo/control.yaml).
+DEMO_PROVIDERS = frozenset({"openai-sim", "anthropic-sim"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +297,12 @@ class Demo:
                 self._drain_s = max(deadlines) + _DRAIN_MARGIN_S
             if self._own_pipeline:
                 self.pipeline.start()
+            # Store-backed when the store is the demo's: the routing, budget and provider editors
+            # then move the demo's traffic like any gateway's (else it runs on its own config).
+            in_store = await asyncio.to_thread(install_demo_control, self.store, config)
             self.gateway = Gateway(
                 self.store,
-                config=config,
+                config=None if in_store else config,
                 key_resolver=demo_key,
                 write_events=False,
                 source=DEMO_SOURCE,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -18,6 +19,9 @@ from app.ui.qt import QObject, Signal
 
 ResultCallback = Callable[[Any], None]
 ErrorCallback = Callable[[BaseException], None]
+
+
+log = logging.getLogger(__name__)
 
 
 class TaskHandle:
@@ -88,11 +92,18 @@ class Bridge(QObject):
 
     def _deliver(self, task_id: int, ok: bool, payload: object) -> None:
         on_result, on_error = self._callbacks.pop(task_id, (None, None))
-        if ok:
-            self.finished.emit(task_id, payload)
-            if on_result is not None:
-                on_result(payload)
-        else:
-            self.failed.emit(task_id, payload)
-            if on_error is not None and isinstance(payload, BaseException):
-                on_error(payload)
+        try:
+            if ok:
+                self.finished.emit(task_id, payload)
+                if on_result is not None:
+                    on_result(payload)
+            else:
+                self.failed.emit(task_id, payload)
+                if on_error is not None and isinstance(payload, BaseException):
+                    on_error(payload)
+        except RuntimeError as exc:
+            # The widget that asked closed while the work ran (a page torn down at quit while its
+            # read was in flight): nobody is left to tell.  Anything else is a real error.
+            if "already deleted" not in str(exc):
+                raise
+            log.debug("task %d finished after its widget was deleted: %s", task_id, exc)

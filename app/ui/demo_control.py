@@ -73,7 +73,7 @@ class DemoControl(QObject):
 
     # -- starting ---------------------------------------------------------------------------
     def start_if_wanted(self, store: Any, *, demo: bool, demo_if_empty: bool) -> None:
-        """``--demo``: start.  ``--demo-if-empty``: start when the store has no provider configured."""
+        """``--demo``: start.  ``--demo-if-empty``: start when the store has no provider but the demo's."""
         if demo:
             self.start(store)
         elif demo_if_empty:
@@ -206,9 +206,11 @@ class DemoControl(QObject):
 async def _has_providers(store: Any) -> bool:
     import asyncio
 
+    from app.demo import only_demo_providers
     from storage.queries.control import list_objects
 
-    return bool(await asyncio.to_thread(list_objects, store.engine, "provider"))
+    names = [p["name"] for p in await asyncio.to_thread(list_objects, store.engine, "provider")]
+    return bool(names) and not only_demo_providers(names)  # what an earlier demo stored does not count
 
 
 async def _resume(demo: Any) -> None:

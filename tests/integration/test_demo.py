@@ -276,3 +276,69 @@ def test_the_demo_stopping_itself_records_no_failures(store: Store, monkeypatch:
         assert count_events(store.engine) == st.written == st.sent - st.cancelled
 
     asyncio.run(main())
+
+
+def test_the_demo_s_control_lives_in_the_store_so_the_editors_steer_its_traffic(store: Store) -> None:
+    """On a fresh store the demo applies its config there (audited as "demo"); a route saved later moves
+    its traffic; a second start finds only the demo's objects and points them at the new simulator."""
+    from app.gateway.engine import GatewayRequest
+    from app.ui.demo_control import _has_providers
+    from storage.queries.control import get_object, list_audit, list_objects, save_object
+
+    ask = GatewayRequest(route="default", messages=[{"role": "user", "content": "hi"}])
+
+    async def one_run() -> str:
+        demo = Demo(store, None, seed=5, profile=FAST, weather=CALM, backfill_hours=0)
+        async with demo:
+            gw = demo.gateway
+            assert gw is not None
+            assert {r["name"] for r in list_objects(store.engine, "route")} == {
+                "default",
+                "search",
+                "summarize",
+            }
+            assert gw.dry_run(ask).chain[0] == "fast"
+            route = get_object(store.engine, "route", "default")
+            assert route is not None
+            original = route["rules"]
+            rules = [{**rule, "chain": ["quick", "strong"]} for rule in original]
+            saved = save_object(
+                store.engine, "route", {**route, "rules": rules}, actor="ana", reason="try quick",
+                expected_revision=route["revision"],
+            )  # fmt: skip
+            assert await wait_for(lambda: gw.dry_run(ask).chain[0] == "quick", 5.0)
+            save_object(  # put it back for the next start
+                store.engine, "route", {**route, "rules": original}, actor="ana", reason="back",
+                expected_revision=saved["revision"],
+            )  # fmt: skip
+            sim_url = demo.status().sim_url
+            assert sim_url is not None
+            return sim_url
+
+    first = asyncio.run(one_run())
+    assert list_audit(store.engine, object_type="route")[-1].actor == "demo"
+    second = asyncio.run(one_run())
+    assert first != second  # a new port each time ...
+    provider = get_object(store.engine, "provider", "openai-sim")
+    assert provider is not None and provider["base_url"].startswith(second)  # ... and the store follows it
+    # What an earlier demo stored does not count as "configured": make run keeps starting the demo.
+    assert asyncio.run(_has_providers(store)) is False
+
+
+def test_a_store_with_the_operator_s_providers_is_left_alone(store: Store) -> None:
+    from app.ui.demo_control import _has_providers
+    from storage.queries.control import list_objects, save_object
+
+    save_object(store.engine, "provider", {"name": "openai", "kind": "openai", "api_key_ref": "env:OPENAI_API_KEY"},
+                actor="ana", reason="ours", expected_revision=None)  # fmt: skip
+
+    async def main() -> None:
+        demo = Demo(store, None, seed=6, profile=FAST, weather=CALM, backfill_hours=0)
+        async with demo:
+            assert demo.gateway is not None
+            assert await wait_for(lambda: demo.status().written >= 5)
+
+    asyncio.run(main())
+    assert [p["name"] for p in list_objects(store.engine, "provider")] == ["openai"]
+    assert list_objects(store.engine, "route") == []
+    assert asyncio.run(_has_providers(store)) is True

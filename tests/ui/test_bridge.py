@@ -102,3 +102,35 @@ def test_cancel_stops_the_coroutine(qtbot: object, bridge: Bridge) -> None:
     handle.cancel()
     qtbot.waitUntil(lambda: bool(errors), timeout=5000)  # type: ignore[attr-defined]
     assert handle.done()
+
+
+def test_a_widget_closed_while_its_work_ran_is_not_an_error(qtbot: object, bridge: Bridge) -> None:
+    """A page torn down at quit while its read is in flight: the answer has nobody to go to."""
+    import shiboken6
+
+    from app.ui.qt import QtWidgets
+
+    label = QtWidgets.QLabel()
+
+    async def work() -> str:
+        return "late"
+
+    shiboken6.delete(label)
+    with qtbot.waitSignal(bridge.finished, timeout=5000):  # type: ignore[attr-defined]
+        bridge.run(work(), lambda text: label.setText(text))
+    assert bridge.pending == 0
+
+
+def test_other_errors_in_a_callback_still_surface(qtbot: object, bridge: Bridge) -> None:
+    async def work() -> int:
+        return 1
+
+    def broken(_value: object) -> None:
+        raise RuntimeError("a real bug")
+
+    with (
+        qtbot.captureExceptions() as caught,  # type: ignore[attr-defined]
+        qtbot.waitSignal(bridge.finished, timeout=5000),  # type: ignore[attr-defined]
+    ):
+        bridge.run(work(), broken)
+    assert any("a real bug" in str(e[1]) for e in caught)
