@@ -73,7 +73,8 @@ _TOP = (
 )
 _PROMPT = ("id", "prompt", "template", "system", "params", "label")
 _CASE = ("vars", "assert", "expected", "description")
-_CHECK = ("type", "value", "rubric", "target", "pass_at", "scale", "weight", "case_sensitive")
+# No `weight`: a case passes when every check passes, so a weight would change nothing (refused, not ignored).
+_CHECK = ("type", "value", "rubric", "target", "pass_at", "scale", "case_sensitive")
 _DEFAULTS = ("assert", "params")
 _GATE = ("variant", "not_worse_than", "metric", "alpha", "margin")
 _REF = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-/]{0,127})@(?P<version>[1-9]\d*|active)$")
@@ -400,12 +401,6 @@ class _ExperimentParser(_Parser):
                 self.err(vnode, f"{what}: {exc}")
                 return None
         kwargs: dict[str, Any] = {}
-        if "weight" in m:
-            w = self.number(m["weight"][1], f"{what}: weight")
-            if w is not None and w <= 0:
-                self.err(m["weight"][1], f"{what}: weight must be more than 0")
-            elif w is not None:
-                kwargs["weight"] = w
         if "case_sensitive" in m:
             b = self.boolean(m["case_sensitive"][1], f"{what}: case_sensitive")
             if b is not None:
