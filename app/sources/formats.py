@@ -427,6 +427,68 @@ def _row_of_dict(d: Any) -> tuple[Any, ...] | None:
     return row
 
 
+def _typed_row_decoder() -> Callable[[bytes], tuple[Any, ...]] | None:
+    """A decoder of one plain line straight to a checked row, when msgspec is installed (optional).
+
+    msgspec decodes into a typed record and checks every type and range the
+    plain path checks, in C: about twice as fast as orjson plus the checks
+    done in Python (measured, tests/bench/test_bench_ingest.py).  The record
+    declares exactly what :func:`event_from_dict` takes as is; anything else
+    fails to decode and takes the careful path, as with orjson.
+    """
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    from typing import Annotated, Literal
+
+    meta = msgspec.Meta
+    text = Annotated[str, meta(max_length=_TEXT_LIMIT)] | None
+    tokens = Annotated[int, meta(ge=0, le=_MAX_TOKENS)]
+    millis = Annotated[float, meta(ge=0)] | Annotated[int, meta(ge=0)] | None
+    number = int | float
+    failures = Literal[tuple(f.value for f in Failure)]  # type: ignore[valid-type]
+    cost_sources = Literal[tuple(c.value for c in CostSource)]  # type: ignore[valid-type]
+    cache_hits = Literal[tuple(c.value for c in CacheHit)]  # type: ignore[valid-type]
+    fields: dict[str, Any] = {
+        "event_id": str | None, "ts_start": number, "ts_end": number, "source": str | None,
+        "provider": str, "model": str, "response_model": str | None, "route": str | None,
+        "feature": str | None, "user": str | None, "tags": dict[str, str], "prompt_name": str | None,
+        "prompt_version": Annotated[int, meta(ge=-_MAX_INT32, le=_MAX_INT32)] | None, "stream": bool,
+        "status_code": Annotated[int, meta(ge=0, le=999)] | None, "failure": failures,
+        "error_message": text, "attempts": Annotated[int, meta(ge=0)], "targets_tried": list[str],
+        "latency_ms": millis, "ttft_ms": millis, "input_tokens": tokens, "output_tokens": tokens,
+        "cache_read_tokens": tokens, "cache_write_tokens": tokens, "reasoning_tokens": tokens,
+        "cost_usd": number | None, "cost_source": cost_sources, "cache_hit": cache_hits,
+        "breaker_state": str | None, "input_text": text, "output_text": text,
+    }  # fmt: skip
+    assert tuple(fields) == EVENT_COLUMNS, "the record's fields are the row's columns, in order"
+    record = msgspec.defstruct("PlainEventRecord", list(fields.items()))
+    decode = msgspec.json.Decoder(record).decode
+    as_tuple = msgspec.structs.astuple
+    map_text, list_text = _MAP_TEXT, _LIST_TEXT
+
+    def row_of_line(line: bytes) -> tuple[Any, ...]:
+        r: Any = decode(line)
+        tags, targets = r.tags, r.targets_tried
+        try:
+            r.tags = map_text[tuple(tags.items())]
+        except KeyError:
+            r.tags = json_string_map(tags)
+        try:
+            r.targets_tried = list_text[tuple(targets)]
+        except KeyError:
+            r.targets_tried = json_string_list(targets)
+        row: tuple[Any, ...] = as_tuple(r)
+        return row
+
+    return row_of_line
+
+
+#: One plain line to a checked row (msgspec), or ``None``: orjson and the checks in Python.
+_typed_row: Callable[[bytes], tuple[Any, ...]] | None = _typed_row_decoder()
+
+
 def _signature_ok(sig: tuple[type, ...]) -> bool:
     if sig in _ROW_SIGNATURES:
         return True
@@ -494,6 +556,12 @@ def _bad_values(rows: list[tuple[Any, ...]]) -> list[bool] | None:
     if "" in _column(rows, "event_id"):  # an empty id is refused (parse_line says so), not derived
         flag("event_id", lambda v: v == "")
     return bad
+
+
+def _empty_ids(rows: list[tuple[Any, ...]]) -> list[bool] | None:
+    """Which rows carry an empty ``event_id`` (refused by parse_line, not derived); ``None``: none."""
+    ids = _column(rows, "event_id")
+    return [v == "" for v in ids] if "" in ids else None
 
 
 # --- cost estimates for formats that carry none -------------------------------------------
@@ -1310,8 +1378,12 @@ class EventFormat(LineFormat):
         if rows is None:
             raise ValueError("parse_rows needs Parsed(rows=[])")
         careful: list[int] = []  # line indexes for parse_line
-        plain, index = self._plain_rows(lines, careful)
-        if plain:
+        typed = _typed_row
+        if typed is not None:
+            plain, index = self._typed_rows(typed, lines, careful)
+        else:
+            plain, index = self._plain_rows(lines, careful)
+        if plain and typed is None:
             sigs = {tuple(map(type, r)) for r in plain}
             wrong = {sig for sig in sigs if not _signature_ok(sig)}
             if wrong:
@@ -1320,7 +1392,7 @@ class EventFormat(LineFormat):
                 plain = list(compress(plain, keep))
                 index = list(compress(index, keep))
         if plain:
-            bad = _bad_values(plain)
+            bad = _bad_values(plain) if typed is None else _empty_ids(plain)
             if bad is not None:
                 keep = [not b for b in bad]
                 careful += [i for i, k in zip(index, keep, strict=True) if not k]
@@ -1348,6 +1420,33 @@ class EventFormat(LineFormat):
         merged = list(zip(index, plain, strict=True)) + taken
         merged.sort(key=operator.itemgetter(0))
         rows += [r for _, r in merged]
+
+    @staticmethod
+    def _typed_rows(
+        typed: Callable[[bytes], tuple[Any, ...]], lines: list[tuple[int, bytes]], careful: list[int]
+    ) -> tuple[list[Any], list[int]]:
+        """Lines decoded and checked by msgspec (see :func:`_typed_row_decoder`); others to ``careful``."""
+        raw = [line for _, line in lines]
+        nul = _NUL_ESCAPE
+        if nul in b"".join(raw):  # msgspec keeps an escaped NUL; parse_line refuses it
+            careful += [i for i, line in enumerate(raw) if nul in line]
+            raw = [b"" if nul in line else line for line in raw]  # fails to decode: skipped below
+        try:
+            return list(map(typed, raw)), list(range(len(raw)))
+        except ValueError:  # msgspec's DecodeError and ValidationError; find the lines, one at a time
+            pass
+        plain: list[Any] = []
+        index: list[int] = []
+        taken = set(careful)
+        for i, line in enumerate(raw):
+            try:
+                plain.append(typed(line))
+            except ValueError:
+                if i not in taken:
+                    careful.append(i)
+                continue
+            index.append(i)
+        return plain, index
 
     @staticmethod
     def _plain_rows(lines: list[tuple[int, bytes]], careful: list[int]) -> tuple[list[Any], list[int]]:

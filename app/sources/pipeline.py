@@ -4,15 +4,22 @@ Every source (JSONL tail, OTLP receiver, HTTP poll, usage APIs) and the gateway
 hand their events to a :class:`Pipeline`.  For each batch, in **one
 transaction**, it:
 
-1. inserts the events, idempotent on ``event_id`` (a replayed batch inserts
-   nothing twice), and learns which of them were new;
+1. inserts the events as rows, idempotent on ``event_id`` (a replayed batch
+   inserts nothing twice), and learns which of them were new;
 2. folds only the new ones into the per-minute rollups (counters added,
-   latency and TTFT sketches merged: :mod:`storage.queries.rollups`);
+   latency and TTFT sketches merged, with numpy: :func:`storage.queries.rollups.merge_rollup_rows`);
 3. stores the batch's rejected records in the quarantine;
 4. saves the batch's read positions (file sources resume from them).
 
 After the commit it feeds the new events to the in-memory live aggregator
 (:class:`app.sources.live.LiveAggregator`) that the live charts read.
+
+Everything is written as rows (:data:`storage.queries.events.EVENT_COLUMNS`
+order).  A :class:`RowBatch` brings its rows already built: the JSONL reader
+makes them straight from the decoded lines of our own event format, without
+an :class:`Event` per record (the ingest hot path, tests/bench/test_bench_ingest.py).
+Other batches' events become rows here.  Events for the live view are only
+built when there is one.
 
 A record the store itself refuses (a NUL in a string on PostgreSQL, a value
 SQLite cannot bind) is found by bisection inside the same transaction and

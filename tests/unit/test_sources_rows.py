@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from app.core.event import CacheHit, Event, Failure
 from app.core.ids import derived_event_id, new_event_id
 from app.core.sketch import LatencySketch
+from app.sources import formats
 from app.sources.base import Batch
 from app.sources.formats import EventFormat, Parsed
 from app.sources.jsonl import read_file
@@ -118,7 +119,18 @@ def _mutate(d: dict[str, Any], kind: int) -> bytes:
     return json.dumps(d, ensure_ascii=False).encode()
 
 
-def test_parse_rows_matches_the_careful_path_line_for_line() -> None:
+@pytest.fixture(params=["msgspec", "orjson"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both plain paths: msgspec's checked records when installed, orjson and checks in Python."""
+    if request.param == "msgspec":
+        if formats._typed_row is None:
+            pytest.skip("msgspec is not installed: the orjson path is the plain path")
+    else:
+        monkeypatch.setattr(formats, "_typed_row", None)
+    return str(request.param)
+
+
+def test_parse_rows_matches_the_careful_path_line_for_line(decoder: str) -> None:
     events = make_events(700)
     lines = [e.to_json().encode() for e in events]
     for i in range(0, len(lines), 2):  # every other line irregular, every kind many times
@@ -142,7 +154,7 @@ def test_parse_rows_matches_the_careful_path_line_for_line() -> None:
     assert {"invalid JSON", "not an object", "wrong type", "bad value", "NUL character"} <= reasons
 
 
-def test_parse_rows_derives_ids_as_the_event_path_does() -> None:
+def test_parse_rows_derives_ids_as_the_event_path_does(decoder: str) -> None:
     d = make_events(1)[0].to_dict()
     del d["event_id"]
     foreign = dict(d, event_id="req-7")
@@ -156,7 +168,7 @@ def test_parse_rows_derives_ids_as_the_event_path_does() -> None:
     ]
 
 
-def test_read_file_gives_row_batches_whose_events_are_the_lines(tmp_path: Path) -> None:
+def test_read_file_gives_row_batches_whose_events_are_the_lines(tmp_path: Path, decoder: str) -> None:
     events = make_events(50)
     path = tmp_path / "a.jsonl"
     path.write_text("".join(e.to_json() + "\n" for e in events) + "{cut", encoding="utf-8")
