@@ -52,6 +52,13 @@ def test_shipped_config_and_weather_are_valid() -> None:
     assert all(p.base_url and p.base_url.startswith("http://127.0.0.1:1") for p in cfg.providers)
     assert {r.name for r in cfg.routes} == {"default", "search", "summarize"}
     assert cfg.budgets and all(b.warn_at for b in cfg.budgets)
+    # The routing editor shows the demo's routes: nothing in them for it to warn about.
+    from app.core.routing import validate_route
+
+    targets = {t.name for t in cfg.targets}
+    assert {r.name: [p.message for p in validate_route(r, targets)] for r in cfg.routes} == {
+        r.name: [] for r in cfg.routes
+    }
     weather = load_weather()
     names = [p.name for p in weather.phases]
     assert {"degraded", "primary-outage"} <= set(names)
