@@ -1232,8 +1232,8 @@ class ProvidersPage(QtWidgets.QWidget):
         if p is None or self._runner is None:
             return
         gateway = self._gateway_getter()
-        # The running gateway knows the keys of its built-in providers (the demo's fake key).
-        resolver = getattr(gateway, "_key_resolver", None) if not p.in_store else None
+        # The gateway running in this app knows how its providers' keys resolve (the demo's fake key).
+        resolver = getattr(gateway, "_key_resolver", None)
         kind, url, ref, name = p.kind, p.base_url or _PUBLIC_URLS.get(p.kind, ""), p.api_key_ref, p.name
         model = self._test_model(name)
 
