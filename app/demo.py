@@ -141,6 +141,50 @@ def install_demo_control(store: Store, config: ControlConfig) -> bool:
     return True
 
 
+#: The demo's registry prompt: route ``summarize`` renders its active version (the Prompts page
+#: shows two versions, the second active, so there is something to diff and roll back).
+DEMO_PROMPT = "ticket-summary"
+_DEMO_PROMPT_VERSIONS: tuple[tuple[str, str, dict[str, Any], str], ...] = (
+    (
+        "You summarize customer support tickets for the on-call engineer.",
+        "Summarize this ticket in two sentences:\n\n{{ticket}}",
+        {"temperature": 0.3},
+        "first version",
+    ),
+    (
+        "You summarize customer support tickets for the on-call engineer. Be factual; no greetings.",
+        "Summarize the ticket below in at most {{max_words}} words. Start with the customer's problem.\n\n{{ticket}}",
+        {"temperature": 0.2, "max_tokens": 200},
+        "shorter, problem first",
+    ),
+)
+
+
+def install_demo_prompts(store: Store) -> bool:
+    """Give a demo store the demo's registry prompt (once): two versions, the second active."""
+    from storage.queries.prompts import add_version, create_prompt, get_prompt, set_active_version
+
+    engine = store.engine
+    if get_prompt(engine, DEMO_PROMPT) is not None:
+        return True
+    create_prompt(
+        engine,
+        DEMO_PROMPT,
+        description="Support ticket summaries (demo)",
+        actor=DEMO_SOURCE,
+        reason="demo mode",
+    )
+    version = 0
+    for system, template, params, note in _DEMO_PROMPT_VERSIONS:
+        version = add_version(
+            engine, DEMO_PROMPT, template=template, system=system, params=params, note=note, actor=DEMO_SOURCE
+        )
+    set_active_version(
+        engine, DEMO_PROMPT, version, actor=DEMO_SOURCE, reason="demo mode: the current version"
+    )
+    return True
+
+
 def only_demo_providers(names: Collection[str]) -> bool:
     """Whether a store's providers are all the demo's (so ``--demo-if-empty`` still counts it as empty)."""
     return set(names) <= DEMO_PROVIDERS
@@ -263,6 +307,7 @@ class Demo:
         self.pipeline = pipeline or Pipeline(store, live=live)
         self.sim: SimServer | None = None
         self.gateway: Gateway | None = None
+        self._prompted = False  # the store has the demo prompt: summaries use it
         self.generator: TrafficGenerator | None = None
         self._buffer: list[Event] = []
         self._retry: list[Event] = []  # a batch the store refused (busy): sent again with the next flush
@@ -300,6 +345,8 @@ class Demo:
             # Store-backed when the store is the demo's: the routing, budget and provider editors
             # then move the demo's traffic like any gateway's (else it runs on its own config).
             in_store = await asyncio.to_thread(install_demo_control, self.store, config)
+            if in_store:
+                self._prompted = await asyncio.to_thread(install_demo_prompts, self.store)
             self.gateway = Gateway(
                 self.store,
                 config=None if in_store else config,
@@ -475,6 +522,14 @@ class Demo:
             user=spec.user,
             tags=dict(spec.tags),
         )
+        if self._prompted and spec.route == "summarize" and not spec.long_prompt:
+            # Summaries go through the registry prompt: its versions show on the Prompts page and
+            # in the events, and a promotion there changes what the demo sends.
+            ticket = " ".join(str(m.get("content", "")) for m in spec.messages if m.get("role") == "user")
+            req = dataclasses.replace(
+                req, messages=[], system=None, prompt_name=DEMO_PROMPT,
+                prompt_vars={"ticket": ticket, "max_words": 40},
+            )  # fmt: skip
         if not spec.stream:
             return await gw.chat(req)
         end: object = None

@@ -349,3 +349,29 @@ def test_a_store_with_the_operator_s_providers_is_left_alone(store: Store) -> No
     assert [p["name"] for p in list_objects(store.engine, "provider")] == ["openai"]
     assert list_objects(store.engine, "route") == []
     assert asyncio.run(_has_providers(store)) is True
+
+
+def test_demo_summaries_use_the_registry_prompt_and_follow_a_rollback(store: Store) -> None:
+    from sqlalchemy import text
+
+    from app.demo import DEMO_PROMPT
+    from storage.queries.prompts import get_prompt, list_versions, set_active_version
+
+    def used(version: int) -> int:
+        with store.engine.connect() as conn:
+            return int(conn.execute(
+                text("select count(*) from events where prompt_name = :p and prompt_version = :v and failure = 'none'"),
+                {"p": DEMO_PROMPT, "v": version},
+            ).scalar_one())  # fmt: skip
+
+    async def main() -> None:
+        demo = Demo(store, None, seed=7, profile=FAST, weather=CALM, backfill_hours=0)
+        async with demo:
+            prompt = get_prompt(store.engine, DEMO_PROMPT)
+            assert prompt is not None and prompt.active_version == 2
+            assert [v.version for v in list_versions(store.engine, DEMO_PROMPT)] == [1, 2]
+            assert await wait_for(lambda: used(2) >= 3), "no summary used the active version"
+            set_active_version(store.engine, DEMO_PROMPT, 1, actor="ana", reason="v2 too terse")
+            assert await wait_for(lambda: used(1) >= 3), "the rollback did not reach the demo's traffic"
+
+    asyncio.run(main())
