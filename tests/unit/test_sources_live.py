@@ -290,7 +290,9 @@ def test_many_cells_reuse_ids_of_cells_that_left_the_window(monkeypatch: pytest.
     s = live.series(seconds=1)
     assert s.requests[-1] == 6 and live.skipped == 0
     assert live.dimension_values("model") == [f"new{i}" for i in range(6)]
-    assert live.series(LiveFilter(model="new3"), seconds=1).latency_ms[0.5][-1] == pytest.approx(23.0, rel=0.01)
+    assert live.series(LiveFilter(model="new3"), seconds=1).latency_ms[0.5][-1] == pytest.approx(
+        23.0, rel=0.01
+    )
     assert live.series(LiveFilter(model="new3", user="u"), seconds=1).requests[-1] == 1
     # More distinct cells inside the window than ids: the excess is counted as skipped, not mixed up.
     live.add([ev(NOW + 20, model=f"more{i}") for i in range(4)])

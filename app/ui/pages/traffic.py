@@ -383,8 +383,8 @@ class TrafficPage(QtWidgets.QWidget):
             for m in frame.transitions
             if len(frame.t) and frame.t[0] <= m.ts <= frame.t[-1] + frame.step_s
         ]
-        for key in ("requests", "failures"):
-            self.charts[key].set_markers(marks)
+        for chart_key in ("requests", "failures"):
+            self.charts[chart_key].set_markers(marks)
         self.empty.setVisible(frame.is_empty())
         self._show_context(frame.state, frame)
         self._staged = (frame, data)
