@@ -441,6 +441,12 @@ def overview_snapshot(
         global_budgets = [b.limit_usd for b in facts.budgets]
         budget = min(global_budgets) if global_budgets else None
     sparks = _sparks(s.t, s.requests, errors, s.cache_hits, s.cost_usd, s.latency_ms[0.95])
+    # Buckets from before the aggregator was watching are not known: no line there, not zero.
+    b = SPARK_BUCKET_S
+    bucket_end = s.t[len(s.t) - len(s.t) // b * b :][b - 1 :: b] + 1
+    unseen = bucket_end <= live.watching_since
+    if unseen.any():
+        sparks = {k: np.where(unseen, np.nan, v) for k, v in sparks.items()}
     return OverviewSnapshot(values, previous, sparks, budget)
 
 

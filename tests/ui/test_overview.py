@@ -157,6 +157,8 @@ def test_right_after_start_there_is_no_previous_period_to_compare_with(qtbot: ob
     assert snap.values["requests_per_s"] is not None and snap.values["p95_latency_ms"] is not None
     assert snap.previous["requests_per_s"] is None and snap.previous["error_rate"] is None
     assert snap.previous["p95_latency_ms"] is None
+    spark = snap.sparks["requests_per_s"]
+    assert np.isnan(spark[:-3]).all() and np.isfinite(spark[-2:]).all()  # no flat zero before start
     page = OverviewPage()
     qtbot.addWidget(page)  # type: ignore[attr-defined]
     page.apply_snapshot(snap)
