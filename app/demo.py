@@ -182,7 +182,19 @@ def install_demo_prompts(store: Store) -> bool:
     set_active_version(
         engine, DEMO_PROMPT, version, actor=DEMO_SOURCE, reason="demo mode: the current version"
     )
+    install_demo_experiment(store)
     return True
+
+
+def install_demo_experiment(store: Store) -> None:
+    """Give a demo store the demo's A/B experiment (v1 against v2 of the demo prompt), not yet run."""
+    from app.experiments.spec import experiment_to_data, parse_experiment
+    from storage.queries.experiments import get_experiment, save_experiment
+
+    text = importlib.resources.files("resources.demo").joinpath("experiment.yaml").read_text("utf-8")
+    exp = parse_experiment(text, "resources/demo/experiment.yaml")
+    if get_experiment(store.engine, exp.name) is None:
+        save_experiment(store.engine, exp.name, experiment_to_data(exp))
 
 
 def only_demo_providers(names: Collection[str]) -> bool:

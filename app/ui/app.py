@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 #: How long --smoke waits for the background start-up work before it paints anyway.
 SMOKE_WAIT_S = 60.0
+#: How long --smoke waits for the shown page's background reads before it paints anyway.
+SMOKE_PAGE_WAIT_S = 5.0
 #: How long --smoke --demo waits for live demo events before it paints anyway (and fails).
 DEMO_SMOKE_WAIT_S = 20.0
 #: Live demo events --smoke --demo waits for: a few seconds of traffic, so the charts show a shape.
@@ -303,6 +305,11 @@ def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -
         elif options.demo:
             demo_ok = False
             demo_note = f" demo={demo.state} {demo.error or ''}".rstrip()
+    # The shown page's first reads run in the background: give them (bounded) time to answer, so
+    # the picture shows the page, not "Reading the store…".
+    window = app.window
+    window.show_page(window.current_page)
+    _wait_until(qapp, lambda: app.bridge.pending == 0, SMOKE_PAGE_WAIT_S)
     # Let layouts settle and the status bar repaint with the final texts.
     QTimer.singleShot(0, lambda: None)
     qapp.processEvents()

@@ -355,6 +355,9 @@ def test_demo_summaries_use_the_registry_prompt_and_follow_a_rollback(store: Sto
     from sqlalchemy import text
 
     from app.demo import DEMO_PROMPT
+    from app.experiments.runner import run_experiment
+    from app.experiments.spec import experiment_from_data
+    from storage.queries.experiments import fetch_results, get_experiment
     from storage.queries.prompts import get_prompt, list_versions, set_active_version
 
     def used(version: int) -> int:
@@ -373,5 +376,13 @@ def test_demo_summaries_use_the_registry_prompt_and_follow_a_rollback(store: Sto
             assert await wait_for(lambda: used(2) >= 3), "no summary used the active version"
             set_active_version(store.engine, DEMO_PROMPT, 1, actor="ana", reason="v2 too terse")
             assert await wait_for(lambda: used(1) >= 3), "the rollback did not reach the demo's traffic"
+
+            # The shipped experiment (v1 against v2 of that prompt) is in the store and runs on the
+            # demo's own gateway: 2 prompts x 2 targets x 12 cases x 2 repetitions.
+            info = get_experiment(store.engine, "ticket-summary-v2-vs-v1")
+            assert info is not None
+            outcome = await run_experiment(demo.gateway, store, experiment_from_data(info.spec))
+            assert (outcome.status, outcome.total) == ("done", 96), outcome
+            assert len(fetch_results(store.engine, outcome.run_id)) == 96
 
     asyncio.run(main())
