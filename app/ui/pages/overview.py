@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from app.core import format as fmt
+from app.ui.livefeed import SPARK_BUCKET_S
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
 from app.ui.qt import Qt, QtCore, QtGui, QtWidgets, Signal
@@ -73,9 +74,23 @@ class Sparkline(QtWidgets.QWidget):
     def paintEvent(self, event: Any) -> None:
         v = self.values
         finite = np.isfinite(v)
-        if len(v) < 2 or not finite.any():
-            return
         colors = current_colors()
+        if int(finite.sum()) < 2:
+            # Right after start-up the window holds less than two points: say the line is coming,
+            # rather than leave a blank that reads as "broken".
+            if len(v):
+                painter = QtGui.QPainter(self)
+                painter.setPen(QtGui.QColor(colors.muted))
+                font = painter.font()
+                font.setPointSizeF(font.pointSizeF() * 0.85)
+                painter.setFont(font)
+                painter.drawText(
+                    self.rect().adjusted(1, 0, 0, 0),
+                    int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                    f"trend builds over the first {2 * SPARK_BUCKET_S} s",
+                )
+                painter.end()
+            return
         lo = 0.0
         hi = float(np.nanmax(v[finite]))
         if hi <= lo:
