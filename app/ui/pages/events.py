@@ -282,7 +282,7 @@ class EventsPage(QtWidgets.QWidget):
 
         bar = QtWidgets.QHBoxLayout()
         self.search = QtWidgets.QLineEdit()
-        self.search.setPlaceholderText("Search: words, or field:value like failure:timeout user:ana")
+        self.search.setPlaceholderText("Search: words, or field:value (hover for help)")
         self.search.setClearButtonEnabled(True)
         self.search.setToolTip(SEARCH_HELP)
         self.search.returnPressed.connect(self._run_query)
