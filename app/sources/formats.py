@@ -37,6 +37,7 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
@@ -526,6 +527,22 @@ _RANGES: tuple[tuple[str, bool, float, float], ...] = (
 )
 
 
+def _outside(low: float, high: float, v: Any) -> bool:
+    return v is not None and not low <= v <= high
+
+
+def _too_long(v: Any) -> bool:
+    return v is not None and len(v) > _TEXT_LIMIT
+
+
+def _is_empty(v: Any) -> bool:
+    return isinstance(v, str) and not v
+
+
+def _not_in(valid: frozenset[str], v: Any) -> bool:
+    return v not in valid
+
+
 def _bad_values(rows: list[tuple[Any, ...]]) -> list[bool] | None:
     """Which rows (of types already checked) hold a value the plain path must not take; ``None``: none.
 
@@ -542,19 +559,19 @@ def _bad_values(rows: list[tuple[Any, ...]]) -> list[bool] | None:
     for name, optional, low, high in _RANGES:
         values = _column(rows, name)
         if _out_of(_present(values) if optional else values, low, high):
-            flag(name, lambda v, lo=low, hi=high: v is not None and not lo <= v <= hi)
+            flag(name, partial(_outside, low, high))
     for name in ("error_message", "input_text", "output_text"):
         if max(map(len, filter(None, _column(rows, name))), default=0) > _TEXT_LIMIT:
-            flag(name, lambda v: v is not None and len(v) > _TEXT_LIMIT)
+            flag(name, _too_long)
     for name, valid in (
         ("failure", _FAILURE_VALUES),
         ("cost_source", _COST_SOURCE_VALUES),
         ("cache_hit", _CACHE_HIT_VALUES),
     ):
         if not set(_column(rows, name)) <= valid:
-            flag(name, lambda v, ok=valid: v not in ok)
+            flag(name, partial(_not_in, valid))
     if "" in _column(rows, "event_id"):  # an empty id is refused (parse_line says so), not derived
-        flag("event_id", lambda v: v == "")
+        flag("event_id", _is_empty)
     return bad
 
 

@@ -119,7 +119,7 @@ class RowBatch(Batch):
         Batch.__init__(self, [], rejected if rejected is not None else [], positions or [])
         self.rows = rows
 
-    @property  # type: ignore[override]
+    @property
     def events(self) -> list[Event]:
         built: list[Event] = _EVENTS_SLOT.__get__(self, RowBatch)
         if len(built) != len(self.rows):
@@ -419,18 +419,18 @@ class Pipeline:
                     event_of.update(zip(map(id, brows), events, strict=True))
             # In-batch duplicates: the first occurrence wins, across the coalesced batches.
             before = len(seen)
-            seen.update([r[_I_ID] for r in brows])
+            seen.update([row[_I_ID] for row in brows])
             if len(seen) - before == len(brows):
                 rows += brows
                 owner += [i] * len(brows)
             else:  # the slow path only when the batch repeats itself
                 seen_here: set[str] = set()
-                for r in brows:
-                    if r[_I_ID] in seen_here:
+                for row in brows:
+                    if row[_I_ID] in seen_here:
                         results[i].duplicates += 1
                         continue
-                    seen_here.add(r[_I_ID])
-                    rows.append(r)
+                    seen_here.add(row[_I_ID])
+                    rows.append(row)
                     owner.append(i)
                 # seen holds the same ids; only earlier batches' repeats remain to drop.
         if len(batches) > 1:
@@ -483,8 +483,8 @@ class Pipeline:
                 for i, n in collections.Counter(owner).items():
                     results[i].ingested += n
         else:
-            new_ids = {id(r) for r in new}
-            refused_ids = {id(r) for r, _ in refused}
+            new_ids = {id(row) for row in new}
+            refused_ids = {id(row) for row, _ in refused}
             for row, i in zip(rows, owner, strict=True):
                 if id(row) in new_ids:
                     results[i].ingested += 1

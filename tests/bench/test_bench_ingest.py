@@ -120,15 +120,15 @@ def test_jsonl_ingest_rate_against_raw_executemany(tmp_path: Path) -> None:
         batches = list(read_file(jsonl, "event", batch_lines=BATCH))
         stages["parse"] = min(stages["parse"], time.perf_counter() - start)
         assert all(isinstance(b, RowBatch) for b in batches)  # our own format takes the row path
-        rows = [b.rows for b in batches if isinstance(b, RowBatch)]
+        row_lists = [b.rows for b in batches if isinstance(b, RowBatch)]
         with open_store(_fresh(tmp_path / f"stages-{i}.sqlite3")) as store:
             start = time.perf_counter()
-            for r in rows:
+            for r in row_lists:
                 with store.begin(write=True) as conn:
                     insert_rows(conn, r)
             stages["insert"] = min(stages["insert"], time.perf_counter() - start)
             start = time.perf_counter()
-            for r in rows:
+            for r in row_lists:
                 with store.begin(write=True) as conn:
                     merge_rollup_rows(conn, r)
             stages["rollups"] = min(stages["rollups"], time.perf_counter() - start)
