@@ -17,6 +17,8 @@ LLM call takes hundreds of milliseconds, so 200 requests in flight is a few hund
 request spread over one upstream latency so they do not move in lock-step waves (a real crowd of
 callers does not either).  The difference of the two p50s and p99s is the gateway's added latency.
 Also printed: the latency of a fresh gateway's very first request (what it loads on first use).
+Judge it on a quiet machine (the load average is printed): the gateway path has one more process
+to be woken and scheduled per call, so other work on the cores shows up as "added" latency.
 
 The instant-upstream run, ``test_bench_added_latency_and_throughput``, is the throughput and CPU
 figure, not the judge of the target: with an upstream that answers in microseconds, 200 closed-loop
@@ -29,6 +31,8 @@ from its ``server-timing`` header (its wall time minus the provider call's), at 
 - Breaker flip -> enforcement in the other process: ``control.set_breaker`` here (a separate
   process from the gateway), then requests until the gateway answers from the fallback; 20 flips
   (open and back to auto), p50 / p99 / max (target: p99 <= 1 s).
+- Provider adapter CPU per call: httpx's client path, the direct path the gateway uses, and bare
+  aiohttp (the floor), in this process against the instant simulator.
 - Server stack: the same trivial JSON handler on aiohttp.web and on uvicorn + Starlette (h11):
   the measurement behind the choice of aiohttp.web.
 """
