@@ -12,6 +12,7 @@ serialized here too, with a fast path for the usual string maps and lists.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -39,6 +40,7 @@ EVENT_COLUMNS: tuple[str, ...] = (
 _CHUNK = 10_000
 
 _escape = json.encoder.encode_basestring  # the C string escaper behind json.dumps
+_SQLITE_LIMIT_VARIABLE_NUMBER = getattr(sqlite3, "SQLITE_LIMIT_VARIABLE_NUMBER", 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,11 +183,18 @@ def _compiled_insert(conn: Connection) -> _CompiledInsert:
     return cached
 
 
-# Rows per statement on SQLite: one ``INSERT ... VALUES (...), (...), ...`` of this many rows
-# (6,400 parameters, under SQLite's 32,766) beats ``executemany`` by about a fifth, measured
-# (tests/bench/test_bench_insert.py): one statement step per 200 rows instead of one per row.
-_SQLITE_ROWS_PER_STATEMENT = 200
+# Rows per statement on SQLite: one ``INSERT ... VALUES (...), (...), ...`` of up to this many
+# rows beats ``executemany`` by about a fifth, measured (tests/bench/test_bench_insert.py): one
+# statement step per few hundred rows instead of one per row.  Bounded by the build's limit on
+# bound parameters (32,766 since SQLite 3.32; 999 before).
+_SQLITE_ROWS_PER_STATEMENT = 500
 _multi_row_sql: dict[int, str] = {}
+
+
+def _sqlite_rows_per_statement(dbapi_conn: Any) -> int:
+    getlimit = getattr(dbapi_conn, "getlimit", None)  # Python 3.11+
+    limit = getlimit(_SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit is not None else 999
+    return max(1, min(_SQLITE_ROWS_PER_STATEMENT, limit // len(EVENT_COLUMNS)))
 
 
 def _sqlite_multi_row_sql(conn: Connection, n: int) -> str:
@@ -213,7 +222,7 @@ def _insert_rows_sqlite(conn: Connection, rows: Sequence[Sequence[Any]]) -> int:
     as SQLAlchemy would wrap them, so callers see one kind of exception.
     """
     dbapi_conn: Any = conn.connection.driver_connection
-    step = _SQLITE_ROWS_PER_STATEMENT
+    step = _sqlite_rows_per_statement(dbapi_conn)
     flatten = chain.from_iterable
     inserted = 0
     cursor = dbapi_conn.cursor()

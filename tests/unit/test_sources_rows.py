@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,6 +196,18 @@ def test_insert_rows_is_idempotent_across_statement_boundaries(store: Store) -> 
     assert count_events(store.engine) == 450
     stored = get_event(store.engine, rows[333][0])
     assert stored is not None and event_rows([stored]) == [rows[333]]
+
+
+def test_insert_rows_keeps_within_the_builds_limit_on_bound_parameters(store: Store) -> None:
+    rows = event_rows(make_events(100))
+    with store.begin(write=True) as conn:
+        dbapi: Any = conn.connection.driver_connection
+        old = dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # SQLite before 3.32
+        try:
+            assert insert_rows(conn, rows).inserted == 100  # 31 rows a statement
+        finally:
+            dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, old)
+    assert count_events(store.engine) == 100
 
 
 def test_insert_rows_refuses_an_unbindable_row_and_keeps_nothing(store: Store) -> None:
