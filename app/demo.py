@@ -257,6 +257,18 @@ def demo_key(provider: str, ref: str) -> str:
     return DEMO_KEY
 
 
+def backfill_span_h(hours: float, now: float | None = None) -> float:
+    """Hours of history to write: a day or more reaches back to the start of yesterday (UTC).
+
+    The Overview compares spend today with yesterday by the same time; a history that began
+    24 hours ago would give it a fraction of yesterday to compare with.
+    """
+    if hours < 24:
+        return hours
+    now = time.time() if now is None else now
+    return max(hours, 24.0 + (now % 86400) / 3600)
+
+
 # --- the demo -------------------------------------------------------------------------------------
 
 
@@ -379,7 +391,9 @@ class Demo:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="controlroom-demo-backfill"
             )
-            job = functools.partial(self.backfill, self.backfill_hours, per_minute=self.backfill_per_minute)
+            job = functools.partial(
+                self.backfill, backfill_span_h(self.backfill_hours), per_minute=self.backfill_per_minute
+            )
             self._tasks["backfill"] = asyncio.ensure_future(loop.run_in_executor(self._executor, job))
         log.info("demo started: simulator on %s", self.sim.base_url)
 

@@ -386,3 +386,14 @@ def test_demo_summaries_use_the_registry_prompt_and_follow_a_rollback(store: Sto
             assert len(fetch_results(store.engine, outcome.run_id)) == 96
 
     asyncio.run(main())
+
+
+def test_a_day_of_history_reaches_back_to_the_start_of_yesterday() -> None:
+    """So the Overview's "spend today vs yesterday by now" has a whole yesterday to compare with."""
+    from app.demo import backfill_span_h
+
+    day = 1_795_000_000 // 86400 * 86400
+    assert backfill_span_h(2.0, now=day + 5 * 3600) == 2.0
+    assert backfill_span_h(24.0, now=day + 5 * 3600) == 29.0  # 24 h and today's 5 h
+    assert backfill_span_h(24.0, now=day) == 24.0
+    assert backfill_span_h(72.0, now=day + 3600) == 72.0
