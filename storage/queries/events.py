@@ -352,6 +352,8 @@ class EventFilter:
     route: str | None = None
     feature: str | None = None
     user: str | None = None
+    prompt_name: str | None = None
+    prompt_version: int | None = None  # with ``prompt_name``: that version; alone: any prompt's version
     failures: tuple[Failure, ...] = ()  # any of these
     only_failures: bool = False  # failure other than ``none``
 
@@ -362,7 +364,7 @@ class EventFilter:
             out.append(c.ts_start >= self.since)
         if self.until is not None:
             out.append(c.ts_start < self.until)
-        for name in ("source", "provider", "model", "route", "feature", "user"):
+        for name in _EQUAL_FIELDS:
             value = getattr(self, name)
             if value is not None:
                 out.append(c[name] == value)
@@ -371,6 +373,9 @@ class EventFilter:
         if self.only_failures:
             out.append(c.failure != Failure.NONE.value)
         return out
+
+
+_EQUAL_FIELDS = ("source", "provider", "model", "route", "feature", "user", "prompt_name", "prompt_version")
 
 
 @dataclass(frozen=True, slots=True)
