@@ -144,9 +144,11 @@ class DemoControl(QObject):
         self.action.setEnabled(state in ("running", "stopped"))
         if state == "stopped":
             self.action.setText("Resume demo traffic")
+            self.action.setIconText("Resume")  # the status-bar button: short, so it fits at 960 px
             self.action.setToolTip(f"Start the demo traffic again ({STOP_SHORTCUT})")
         else:
             self.action.setText("Stop demo traffic")
+            self.action.setIconText("Stop")
             self.action.setToolTip(f"Stop the simulated traffic ({STOP_SHORTCUT})")
         if state in ("starting", "running"):
             self._timer.start()

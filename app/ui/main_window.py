@@ -51,7 +51,10 @@ class StatusBar(QtWidgets.QStatusBar):
         self.store.setToolTip(tooltip or text)
 
     def set_runtime(self, state: str) -> None:
+        """Shown only when it is news: a running runtime is the normal case (its tooltip stays)."""
         self.runtime.setText(f"runtime: {state}")
+        self.runtime.setToolTip(f"The background runtime thread is {state}")
+        self.runtime.setVisible(state != "running")
 
     def set_keyring(self, text: str, ok: bool, tooltip: str) -> None:
         self.keyring.setText(f"keyring: {text}" if ok else f"keyring: {text} ⚠")
