@@ -33,11 +33,12 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection, Engine, Table, and_, or_, select
+from sqlalchemy import Connection, Engine, Integer, Table, and_, case, cast, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from storage.engine import transaction
@@ -708,6 +709,183 @@ def _select(f: _Fetched, mask: npt.NDArray[np.bool_]) -> _Fetched:
     )
 
 
+# --- time series from events (dimensions the rollups do not have) ------------------------
+
+#: The longest window :func:`query_series_from_events` reads: it scans the events in it.
+EVENTS_MAX_WINDOW_S = 7 * DAY
+
+
+class WindowTooLong(QueryError):
+    """A window longer than the events table is read for (the rollups cannot answer the filter)."""
+
+
+_TOKEN_MEASURES = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
+
+
+def _measure_exprs() -> list[ColumnElement[Any]]:
+    """One SQL sum per rollup measure (in :data:`MEASURES` order), computed from event rows."""
+    c = EVENTS.c
+
+    def count_if(cond: ColumnElement[bool]) -> ColumnElement[Any]:
+        return func.sum(case((cond, 1), else_=0))
+
+    lat_ok = and_(c.latency_ms.is_not(None), c.latency_ms >= 0)
+    ttft_ok = and_(c.ttft_ms.is_not(None), c.ttft_ms >= 0)
+    by_name: dict[str, ColumnElement[Any]] = {
+        "n_requests": func.count(),
+        **{col: count_if(c.failure == f.value) for f, col in FAILURE_COUNT_COLUMNS.items()},
+        "n_cache_hits": count_if(c.cache_hit != "none"),
+        "n_cost_unknown": count_if(c.cost_usd.is_(None)),
+        **{t: func.coalesce(func.sum(c[t]), 0) for t in _TOKEN_MEASURES},
+        "cost_usd": func.coalesce(func.sum(c.cost_usd), 0.0),
+        "latency_n": count_if(lat_ok),
+        "latency_sum_ms": func.coalesce(func.sum(case((lat_ok, c.latency_ms), else_=0.0)), 0.0),
+        "ttft_n": count_if(ttft_ok),
+        "ttft_sum_ms": func.coalesce(func.sum(case((ttft_ok, c.ttft_ms), else_=0.0)), 0.0),
+    }
+    missing = [m for m in MEASURES if m not in by_name]
+    if missing:  # a measure added to the rollups must be taught here too
+        raise QueryError(f"no events expression for the rollup measure(s) {', '.join(missing)}")
+    return [by_name[m] for m in MEASURES]
+
+
+def _bucket_expr(conn: Connection, start: float, step: int) -> ColumnElement[Any]:
+    """The bucket number of each event's ``ts_start`` (``ts_start >= start``), in SQL."""
+    offset = (EVENTS.c.ts_start - start) / float(step)
+    if conn.dialect.name == "sqlite":
+        return cast(offset, Integer)  # truncates, and the offset is never negative
+    return cast(func.floor(offset), Integer)  # PostgreSQL's CAST rounds
+
+
+def query_series_from_events(
+    bind: Engine | Connection,
+    since: float,
+    until: float,
+    metrics: Sequence[str] = ("requests",),
+    *,
+    prompt_name: str,
+    prompt_version: int | None = None,
+    filters: SeriesFilter = NO_FILTER,
+    step: int | None = None,
+    max_points: int = MAX_POINTS,
+    max_window_s: float = EVENTS_MAX_WINDOW_S,
+) -> SeriesResult:
+    """:func:`query_series` for traffic of one prompt (every version, or ``prompt_version``), from events.
+
+    The rollups have no prompt dimension, so this reads the events table:
+    one ``GROUP BY`` bucket for the sums, and exact percentiles per bucket
+    from a window function (``ROW_NUMBER() OVER (PARTITION BY bucket ORDER
+    BY latency_ms)``, ranked ``q * (n - 1)`` rounded down, as DDSketch ranks).
+    Only windows up to ``max_window_s`` (7 days) are read: a longer one
+    raises :class:`WindowTooLong`.  The result has the shape
+    :func:`query_series` returns (one total series, ``key`` ``None``);
+    ``rows_read`` is the number of events counted.
+    """
+    parsed = [parse_metric(m) for m in metrics]
+    if not parsed:
+        raise QueryError("ask for at least one metric")
+    if not prompt_name:
+        raise QueryError("name the prompt: prompt_name is empty")
+    if prompt_version is not None and prompt_version < 1:
+        raise QueryError(f"prompt_version must be a whole number from 1, got {prompt_version!r}")
+    _check_window(since, until)
+    if until - since > max_window_s:
+        raise WindowTooLong(
+            f"traffic by prompt is read from the events table for at most {max_window_s / DAY:g} days; "
+            f"this window is {(until - since) / DAY:.1f} days: choose a shorter range"
+        )
+    if step is not None:
+        if step < 60 or step % 60:
+            raise QueryError(f"step must be a whole number of minutes (>= 60 s), got {step}")
+        plan = _aligned(since, until, step, step)
+    else:
+        plan = next(
+            (p for p in (_aligned(since, until, s, s) for s in STEP_LADDER) if p.points <= max_points),
+            _aligned(since, until, STEP_LADDER[-1], STEP_LADDER[-1]),
+        )
+    c = EVENTS.c
+    where: list[ColumnElement[bool]] = [
+        c.ts_start >= plan.start,
+        c.ts_start < plan.end,
+        c.prompt_name == prompt_name,
+        *_event_where(filters),
+    ]
+    if prompt_version is not None:
+        where.append(c.prompt_version == prompt_version)
+    n_buckets = plan.points
+    quantiles = [m for m in parsed if m.kind == "quantile"]
+    with transaction(bind) as conn:
+        bucket = _bucket_expr(conn, plan.start, plan.step).label("b")
+        rows = conn.execute(select(bucket, *_measure_exprs()).where(*where).group_by(bucket)).all()
+        ranked: dict[int, list[tuple[int, int, int, float]]] = {}
+        for sketch in {m.sketch for m in quantiles}:
+            ranked[sketch] = _ranked_values(conn, bucket, where, sketch, [m.q for m in quantiles])
+    measures = np.zeros((n_buckets, len(MEASURES)))
+    for r in rows:
+        b = int(r[0])
+        if 0 <= b < n_buckets:
+            measures[b] = [float(v or 0) for v in r[1:]]
+    sums_only = [m for m in parsed if m.kind != "quantile"]
+    fetched = _Fetched(
+        _bucket_starts(plan),
+        [""] * n_buckets,
+        measures,
+        ([None] * n_buckets, [None] * n_buckets),
+        np.full((n_buckets, 6), np.nan),
+        np.full(n_buckets, plan.step, dtype=np.int64),
+    )
+    values = _evaluate(fetched, np.arange(n_buckets, dtype=np.int64), n_buckets, sums_only, exact_grain=None)
+    for m in quantiles:
+        out = np.full(n_buckets, np.nan)
+        num, den = _rank_fraction(m.q)
+        for b, rn, n, v in ranked[m.sketch]:
+            if 0 <= b < n_buckets and rn - 1 == (n - 1) * num // den:
+                out[b] = v
+        values[m.name] = out
+    total = Series(None, {m: values[m] for m in metrics})
+    read = int(measures[:, MEASURES.index("n_requests")].sum())
+    return SeriesResult(plan, _bucket_starts(plan), [total], tuple(metrics), 0, read)
+
+
+def _rank_fraction(q: float) -> tuple[int, int]:
+    """Percentile ``q`` (0-100) as an integer fraction of 1, so SQL and Python rank alike (integers)."""
+    f = Fraction(q / 100).limit_denominator(1_000_000)
+    return f.numerator, f.denominator
+
+
+def _ranked_values(
+    conn: Connection,
+    bucket: ColumnElement[Any],
+    where: list[ColumnElement[bool]],
+    sketch: int,
+    qs: list[float],
+) -> list[tuple[int, int, int, float]]:
+    """``(bucket, rank, count, value)`` of the latency (0) or TTFT (1) at each quantile's rank, per bucket."""
+    col = EVENTS.c.latency_ms if sketch == 0 else EVENTS.c.ttft_ms
+    inner = (
+        select(
+            bucket,
+            col.label("v"),
+            func.row_number().over(partition_by=bucket, order_by=col).label("rn"),
+            func.count().over(partition_by=bucket).label("n"),
+        )
+        .where(*where, col.is_not(None), col >= 0)
+        .subquery()
+    )
+    wanted = []
+    for q in qs:
+        num, den = _rank_fraction(q)
+        wanted.append(inner.c.rn - 1 == (inner.c.n - 1) * num // den)
+    rows = conn.execute(select(inner.c.b, inner.c.rn, inner.c.n, inner.c.v).where(or_(*wanted))).all()
+    return [(int(b), int(rn), int(n), float(v)) for b, rn, n, v in rows]
+
+
 # --- top-N -------------------------------------------------------------------------------
 
 
@@ -1019,6 +1197,7 @@ def reconcile(
 
 __all__ = [
     "DIMENSIONS",
+    "EVENTS_MAX_WINDOW_S",
     "MAX_POINTS",
     "STEP_LADDER",
     "Cover",
@@ -1032,12 +1211,14 @@ __all__ = [
     "SeriesFilter",
     "SeriesResult",
     "TopRow",
+    "WindowTooLong",
     "cover",
     "find_outliers",
     "model_family",
     "parse_metric",
     "plan_series",
     "query_series",
+    "query_series_from_events",
     "reconcile",
     "top_n",
 ]
