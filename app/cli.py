@@ -177,6 +177,13 @@ def _add_collect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
 
+def _window_size(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 320 or int(height) < 240:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a window size like 960x640 (at least 320x240)")
+    return int(width), int(height)
+
+
 def _add_ui_arguments(parser: argparse.ArgumentParser) -> None:
     _add_store(parser)
     parser.add_argument(
@@ -187,6 +194,9 @@ def _add_ui_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--page", metavar="NAME", help="open on this page (overview, traffic, breakers, ...)")
     parser.add_argument("--theme", choices=["system", "light", "dark"], default="system")
+    parser.add_argument(
+        "--size", type=_window_size, metavar="WxH", help="open the window at this size, e.g. 960x640"
+    )
     parser.add_argument("--demo", action="store_true", help="start the simulator and synthetic traffic")
     parser.add_argument(
         "--demo-if-empty",
@@ -251,6 +261,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         theme=Scheme(args.theme),
         demo=args.demo,
         demo_if_empty=args.demo_if_empty,
+        size=args.size,
     )
     return run_ui(options)
 

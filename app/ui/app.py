@@ -41,6 +41,8 @@ class UiOptions:
     theme: Scheme = Scheme.SYSTEM
     demo: bool = False
     demo_if_empty: bool = False
+    #: A window size (width, height) that wins over the saved one: screenshots at a known size.
+    size: tuple[int, int] | None = None
 
 
 class ControlRoom(QtCore.QObject):
@@ -80,6 +82,8 @@ class ControlRoom(QtCore.QObject):
         self.runtime.start()
         self.window.status.set_runtime(self.runtime.state.value)
         self.window.restore_state()
+        if self.options.size is not None:
+            self.window.resize(*self.options.size)
         if self.options.page:
             self.window.show_page(self.options.page)
         self.window.show()

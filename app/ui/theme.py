@@ -118,7 +118,8 @@ def apply_theme(app: QtWidgets.QApplication, scheme: Scheme = Scheme.SYSTEM) -> 
     pal.setColor(role.ToolTipText, c(colors.text))
     pal.setColor(role.PlaceholderText, c(colors.muted))
     pal.setColor(role.Highlight, c(colors.accent))
-    pal.setColor(role.HighlightedText, c("#ffffff"))
+    # White on the dark theme's light accent reads at under 3:1; its darkest colour reads at over 6:1.
+    pal.setColor(role.HighlightedText, c(colors.rail if c(colors.accent).lightnessF() > 0.6 else "#ffffff"))
     pal.setColor(role.Link, c(colors.accent))
     pal.setColor(QtGui.QPalette.ColorGroup.Disabled, role.Text, c(colors.muted))
     pal.setColor(QtGui.QPalette.ColorGroup.Disabled, role.WindowText, c(colors.muted))

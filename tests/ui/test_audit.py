@@ -261,3 +261,13 @@ def test_prompt_promotion_reverts_from_the_page(qtbot: object, store: Store) -> 
     assert (
         q.list_audit(e, object_type="prompt", limit=1)[0].reason == f"revert of #{promote.id}: v2 regressed"
     )
+
+
+@pytest.mark.gui
+def test_ctrl_r_reads_the_log_again(qtbot: object, store: Store) -> None:
+    page = _page(qtbot, store)
+    before = page.model.rowCount()
+    q.save_object(store.engine, "provider", {"name": "late", "kind": "openai"}, actor="t", reason="r",
+                expected_revision=None)  # fmt: skip
+    page.refresh()
+    assert page.model.rowCount() == before + 1

@@ -310,3 +310,45 @@ def test_switches_have_keys(store: Store, qtbot: object) -> None:
     by_key["Alt+A"].trigger()  # fast is already automatic: its switch is off
     assert asked == ["force_open"]
     page.timer.stop()
+
+
+@pytest.mark.gui
+def test_narrow_window_fits_the_columns_and_ctrl_e_exports(
+    store: Store, qtbot: object, tmp_path: Path
+) -> None:
+    page = BreakersPage()
+    qtbot.addWidget(page)  # type: ignore[attr-defined]
+    page.resize(760, 560)  # the page's share of a 960 px window
+    page.show()
+    qtbot.waitExposed(page)  # type: ignore[attr-defined]
+    page.attach_store(store, run_now)
+    table = page.table
+    qtbot.waitUntil(  # type: ignore[attr-defined]
+        lambda: table.horizontalHeader().length() <= table.viewport().width()
+    )
+    assert not table.horizontalScrollBar().isVisible()
+    # Wide again: the columns get their full width back.
+    page.resize(1400, 700)
+    qtbot.waitUntil(lambda: table.columnWidth(COL_FORCED) == page._preferred_widths[COL_FORCED])  # type: ignore[attr-defined]
+    out = tmp_path / "breakers.csv"
+    assert page.export_visible(ask_path=lambda _what, _suggested: out) == out
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("Target,State,Forced") and len(lines) == 4
+    assert "Exported 3 breakers rows" in page.switch_result.text()
+    page.timer.stop()
+
+
+@pytest.mark.gui
+def test_no_transitions_says_so(tmp_path: Path, qtbot: object) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'calm.db'}") as calm:
+        save_object(calm.engine, "provider", {"name": "openai", "kind": "openai"}, actor="t", reason="",
+                    expected_revision=None)  # fmt: skip
+        save_object(calm.engine, "target", {"name": "fast", "provider": "openai", "model": "gpt-4o-mini"},
+                    actor="t", reason="", expected_revision=None)  # fmt: skip
+        page = BreakersPage()
+        qtbot.addWidget(page)  # type: ignore[attr-defined]
+        page.attach_store(lambda: calm, run_now)
+        assert page.transitions_stack.currentWidget() is page.no_transitions
+        assert "No breaker changed state" in page.no_transitions.text()
+        assert "0 transitions" in page.timeline_title.text() and "hover" not in page.timeline_title.text()
+        page.timer.stop()

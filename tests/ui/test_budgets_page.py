@@ -345,3 +345,10 @@ def test_text_forms_without_qt() -> None:
     assert bm.parse_scope("") == {} and bm.parse_scope("team=ml, tier=gold") == {"team": "ml", "tier": "gold"}
     b = parse_config(CONFIG).budgets[1]
     assert bm.budget_from_row(bm.budget_to_row(b)) == b
+
+
+def test_ctrl_e_exports_the_configuration(page: BudgetsPage, tmp_path: Path) -> None:
+    out = tmp_path / "config.yaml"
+    page.export_visible(ask_path=lambda _what, _suggested: out)
+    config = parse_config(out.read_text(encoding="utf-8"))
+    assert config.budgets and str(out) in page.result.text()

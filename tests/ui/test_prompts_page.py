@@ -271,3 +271,10 @@ def test_keyboard_reaches_the_actions(page: PromptsPage) -> None:
     assert page.tabs.tabText(3) == "&Try it"
     assert page.prompts_table.selectionBehavior() == QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows
     assert page.try_vars.item(0, 0).flags() & Qt.ItemFlag.ItemIsEditable == Qt.ItemFlag.NoItemFlags
+
+
+def test_ctrl_e_writes_the_versions_shown(page: PromptsPage, tmp_path: Path) -> None:
+    out = tmp_path / "versions.csv"
+    assert page.export_visible(ask_path=lambda _what, _suggested: out) == out
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + page.versions_table.rowCount() and lines[1].startswith("v")

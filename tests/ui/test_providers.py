@@ -546,3 +546,14 @@ def test_removing_a_provider_someone_changed_is_refused(qtbot: object, store: St
     )
     assert q.get_object(e, "provider", "p1") is not None
     assert page.selected_provider() is not None and page.selected_provider().revision == 2  # type: ignore[union-attr]
+
+
+def test_ctrl_r_and_ctrl_e(qtbot: object, store: Store, tmp_path: Path) -> None:
+    page = _page(qtbot, store)
+    q.save_object(store.engine, "provider", {"name": "late", "kind": "openai"}, actor="t", reason="r",
+                expected_revision=None)  # fmt: skip
+    page.refresh()
+    assert page.select_provider("late")
+    out = tmp_path / "config.yaml"
+    page.export_visible(ask_path=lambda _what, _suggested: out)
+    assert "late" in {p.name for p in parse_config(out.read_text(encoding="utf-8")).providers}

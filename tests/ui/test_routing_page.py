@@ -578,3 +578,13 @@ def test_a_stored_route_that_does_not_load_is_marked_and_can_be_replaced(
     assert page.banner.text == "", page.banner.text
     row = stored_route(store, "broken")
     assert row["revision"] == 2 and row["settings"]["deadline_s"] == 30
+
+
+def test_ctrl_e_exports_the_configuration_as_a_file_config_apply_reads(
+    page: RoutingPage, tmp_path: Path
+) -> None:
+    out = tmp_path / "config.yaml"
+    page.export_visible(ask_path=lambda _what, _suggested: out)
+    config = parse_config(out.read_text(encoding="utf-8"))
+    assert "default" in {r.name for r in config.routes}
+    assert str(out) in page.result.text()

@@ -574,3 +574,10 @@ def test_the_demo_writes_through_the_apps_one_pipeline(qtbot: Any, tmp_path: Pat
         app.shutdown()
         app.window.close()
     assert app.collector is None and app.pipeline is None
+
+
+def test_ctrl_e_writes_the_sources_table(page: SourcesPage, tmp_path: Path) -> None:
+    out = tmp_path / "sources.csv"
+    assert page.export_visible(ask_path=lambda _what, _suggested: out) == out
+    header = out.read_text(encoding="utf-8").splitlines()[0]
+    assert header.split(",")[0] == page.model.headerData(0, Qt.Orientation.Horizontal)

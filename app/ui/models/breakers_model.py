@@ -266,7 +266,7 @@ HEADERS: tuple[str, ...] = (
     "State",
     "Forced",
     "Failure rate",
-    "Requests in window",
+    "Requests",
     "Time in state",
     "Last change",
 )

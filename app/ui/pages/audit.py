@@ -440,6 +440,10 @@ class AuditPage(QtWidgets.QWidget):
         self.until_edit.setVisible(custom)
         self.reload()
 
+    def refresh(self) -> None:
+        """Ctrl+R: read the log again."""
+        self.reload()
+
     def reload(self) -> None:
         """Read the log again with the current filters (off the GUI thread)."""
         store = self._store_getter()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import getpass
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from app.ui.editors.export import export_table
 from app.ui.models.breakers_model import (
     COL_CAUSE,
     COL_FORCED,
@@ -360,6 +362,8 @@ class SwitchDialog(QtWidgets.QDialog):
 class BreakersPage(QtWidgets.QWidget):
     """Targets with their breaker state above; the timeline and the list of transitions below."""
 
+    status_message = Signal(str)
+
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self._runner: Runner | None = None
@@ -423,6 +427,9 @@ class BreakersPage(QtWidgets.QWidget):
             self.table.setColumnWidth(col, metrics.horizontalAdvance(sample) + 28)
         for col in range(COL_FORCED + 1, COL_CAUSE):
             self.table.setColumnWidth(col, metrics.horizontalAdvance(HEADERS[col]) + 28)
+        self._preferred_widths = [self.table.columnWidth(c) for c in range(COL_CAUSE)]
+        # A narrow window shrinks the two text columns (their full text is on hover), never scrolls sideways.
+        self.table.viewport().installEventFilter(self)
 
         self.table.selectionModel().selectionChanged.connect(self._sync_switch_buttons)
         self.empty = EmptyState(spec.next_step)
@@ -451,7 +458,14 @@ class BreakersPage(QtWidgets.QWidget):
         self.transitions_view.setColumnWidth(0, metrics.horizontalAdvance("14:03:12  ·  59 min ago") + 20)
         self.transitions_view.setColumnWidth(1, metrics.horizontalAdvance("strong-fallback") + 20)
         self.transitions_view.setColumnWidth(2, metrics.horizontalAdvance("half-open → closed") + 24)
-        lower_layout.addWidget(self.transitions_view, 1)
+        # No transitions: say so, rather than an empty grid taking half the page.
+        self.no_transitions = QtWidgets.QLabel("", objectName="muted")
+        self.no_transitions.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.no_transitions.setWordWrap(True)
+        self.transitions_stack = QtWidgets.QStackedWidget()
+        self.transitions_stack.addWidget(self.transitions_view)
+        self.transitions_stack.addWidget(self.no_transitions)
+        lower_layout.addWidget(self.transitions_stack, 1)
 
         split = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.stack)
@@ -537,9 +551,38 @@ class BreakersPage(QtWidgets.QWidget):
         )
         span_min = round(self.timeline.span_s / 60)
         span = f"{span_min} min" if span_min < 120 else f"{round(span_min / 60)} h"
+        n = len(board.transitions)
         self.timeline_title.setText(
-            f"Timeline — last {span}, {len(board.transitions)} transitions (hover a tick for its cause)"
+            f"Timeline — last {span}, {n} transition{'' if n == 1 else 's'}"
+            + (" (hover a tick for its cause)" if n else "")
         )
+        self.no_transitions.setText(
+            f"No breaker changed state in the last {span}. Transitions and their causes are listed here."
+        )
+        self.transitions_stack.setCurrentWidget(self.transitions_view if n else self.no_transitions)
+
+    # -- columns ------------------------------------------------------------------------------
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
+        if watched is self.table.viewport() and event.type() == QtCore.QEvent.Type.Resize:
+            self.fit_columns()
+        return super().eventFilter(watched, event)
+
+    def fit_columns(self) -> None:
+        """Fit the columns to the table's width: Target and Forced give up width first."""
+        widths = list(self._preferred_widths)
+        # The last column (the cause, stretched) keeps its default width: its full text is on hover.
+        room = self.table.viewport().width() - self.table.horizontalHeader().defaultSectionSize()
+        shrinkable = (COL_FORCED, COL_TARGET)
+        floor = self.table.fontMetrics().horizontalAdvance("strong  (gpt-4o)") + 12
+        excess = sum(widths) - room
+        for col in shrinkable:
+            if excess <= 0:
+                break
+            give = min(excess, max(0, widths[col] - floor))
+            widths[col] -= give
+            excess -= give
+        for col, width in enumerate(widths):
+            self.table.setColumnWidth(col, width)
 
     # -- the operator's switch --------------------------------------------------------------
     def selected_target(self) -> str | None:
@@ -589,6 +632,14 @@ class BreakersPage(QtWidgets.QWidget):
             self.switch_result.setText(f"{_SWITCH_VERBS[mode]} {target} failed: {exc}")
 
         self._runner(work, done, failed)
+
+    def export_visible(self, ask_path: Any = None) -> Path | None:
+        """Ctrl+E: the targets table as shown, to a CSV file."""
+        return export_table(self, self.model, "breakers", self._say, ask_path=ask_path)
+
+    def _say(self, text: str) -> None:
+        self.switch_result.setText(text)
+        self.status_message.emit(text)
 
     def _on_error(self, exc: BaseException) -> None:
         self._busy = False

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from app.core import format as fmt
 from app.core.budget import Budget, BudgetAction, parse_period
 from app.core.config import ControlConfig
-from app.ui.editors import FieldError, ProblemBanner, SaveBar, ask_confirmation
+from app.ui.editors import FieldError, ProblemBanner, SaveBar, ask_confirmation, export_config
 from app.ui.models import budgets_model as bm
 from app.ui.models import routes_model as rm
 from app.ui.models.runner import Runner
@@ -527,6 +527,17 @@ class BudgetsPage(QtWidgets.QWidget):
     def _tick(self) -> None:
         if self.isVisible():
             self.refresh()
+
+    def export_visible(self, ask_path: Any = None) -> None:
+        """Ctrl+E: the store's configuration (budgets with the rest) as a file `config apply` reads."""
+        store = self._store_getter()
+        if store is None or self._runner is None:
+            return
+        export_config(self, store.engine, self._runner, self._tell, what="budgets", ask_path=ask_path)
+
+    def _tell(self, text: str) -> None:
+        self.result.setText(text)
+        self.status_message.emit(text)
 
     def refresh(self, select: str | None = None) -> None:
         store = self._store_getter()

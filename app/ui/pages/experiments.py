@@ -1057,6 +1057,13 @@ class ExperimentsPage(QtWidgets.QWidget):
             results=view.results,
         )
 
+    def export_visible(self) -> None:
+        """Ctrl+E: the shown run's results as CSV (the buttons offer JSON and a report too)."""
+        if self.view is None:
+            self._say("No run to export: pick a run, or press Run (F5).")
+            return
+        self._export("csv")
+
     def _export(self, kind: str) -> None:
         if self.view is None:
             return

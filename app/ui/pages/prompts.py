@@ -17,10 +17,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.core import format as fmt
 from app.core.prompts import MissingVariables, PromptError, apply, check_name, check_params, diff, variables
+from app.ui.editors.export import export_table
 from app.ui.models.runner import Runner
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
@@ -483,6 +485,12 @@ class PromptsPage(QtWidgets.QWidget):
         self._store_getter = store if callable(store) else (lambda: store)
         self.refresh()
         self.timer.start()
+
+    def export_visible(self, ask_path: Any = None) -> Path | None:
+        """Ctrl+E: the selected prompt's versions as shown, to a CSV file."""
+        return export_table(
+            self, self.versions_table.model(), "prompt versions", self._say, ask_path=ask_path
+        )
 
     def refresh(self) -> None:
         store = self._store_getter()

@@ -36,6 +36,7 @@ from app.secrets import (
     set_key,
 )
 from app.ui.dialogs import require_keyring
+from app.ui.editors.export import export_config
 from app.ui.models.runner import Runner
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
@@ -1004,6 +1005,19 @@ class ProvidersPage(QtWidgets.QWidget):
             return gateway.state.config if gateway is not None else None
         except AttributeError:
             return None
+
+    def export_visible(self, ask_path: Any = None) -> None:
+        """Ctrl+E: the store's configuration (providers and targets with the rest) as a file `config apply` reads."""
+        store = self._store_getter()
+        if store is None or self._runner is None:
+            return
+        export_config(
+            self, store.engine, self._runner, self._say, what="providers and targets", ask_path=ask_path
+        )
+
+    def refresh(self) -> None:
+        """Ctrl+R: read the providers and targets again."""
+        self.reload()
 
     def reload(self) -> None:
         store = self._store_getter()

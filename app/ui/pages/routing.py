@@ -31,7 +31,7 @@ from app.core.routing import (
     Step,
     validate_route,
 )
-from app.ui.editors import FieldError, ProblemBanner, SaveBar, ask_confirmation
+from app.ui.editors import FieldError, ProblemBanner, SaveBar, ask_confirmation, export_config
 from app.ui.models import routes_model as rm
 from app.ui.models.runner import Runner
 from app.ui.pages import page_spec
@@ -714,6 +714,17 @@ class RoutingPage(QtWidgets.QWidget):
         if state is not None and getattr(state, "source", "") == "config":
             return state.config  # type: ignore[no-any-return]
         return None
+
+    def export_visible(self, ask_path: Any = None) -> None:
+        """Ctrl+E: the store's configuration (routes with the rest) as a file `config apply` reads."""
+        store = self._store_getter()
+        if store is None or self._runner is None:
+            return
+        export_config(self, store.engine, self._runner, self._tell, what="routes", ask_path=ask_path)
+
+    def _tell(self, text: str) -> None:
+        self.result.setText(text)
+        self.status_message.emit(text)
 
     def refresh(self, select: str | None = None) -> None:
         store = self._store_getter()

@@ -24,10 +24,12 @@ import getpass
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from app.sources.collector import SETTINGS_BY_KIND, SourceReport, source_problems
 from app.sources.formats import FORMAT_NAMES
+from app.ui.editors.export import export_table
 from app.ui.models.quarantine_model import (
     COL_EXCERPT,
     COL_POSITION,
@@ -843,6 +845,10 @@ class SourcesPage(QtWidgets.QWidget):
     def _engine(self) -> Any:
         store = self._store_getter()
         return store.engine if store is not None else None
+
+    def export_visible(self, ask_path: Any = None) -> Path | None:
+        """Ctrl+E: the sources table as shown, to a CSV file."""
+        return export_table(self, self.model, "sources", self._say, ask_path=ask_path)
 
     def refresh(self, recount: bool = False) -> None:
         """Read the stored configs and providers, and the quarantine counts when due (off the GUI thread)."""
