@@ -3,7 +3,7 @@
 The live charts (architecture.md, Threads) read this, never the store.  The
 ingest pipeline feeds it every newly stored event after each commit; the UI
 asks for a :class:`LiveSeries` (numpy arrays, one point per second) for any
-filter on provider, model, route, feature and user, on a timer.
+filter on provider, model, route, feature, prompt and user, on a timer.
 
 Everything per second lives in numpy arrays, not in Python objects.  A full
 pass of Python's cyclic garbage collector walks every tracked container, and
@@ -13,7 +13,9 @@ containers and one full pass stalled the GUI thread for ~170 ms
 (``tests/bench/test_bench_gui.py``).  Now the whole window is 900 small slot
 objects, each holding a handful of arrays, whatever the traffic:
 
-- a *cell* is one (provider, model, route, feature); cells are interned to
+- a *cell* is one (provider, model, route, feature, prompt), the prompt as
+  ``name@version`` (``name`` for a label without a version, ``""`` for none:
+  docs/prompts.md); cells are interned to
   small integer ids (``uint16``) once, so a second stores ids, not tuples;
 - a slot (one second of the ring) holds the sorted ids of the cells seen in
   it, their counters as one ``(cells, columns)`` float64 array, and the
@@ -68,11 +70,11 @@ WINDOW_S = 900
 DEFAULT_USER_ROWS = 500_000
 # Seconds ahead of the clock an event may be and still be shown (clock skew between hosts).
 _FUTURE_SLACK_S = 5
-#: Distinct cells (provider, model, route, feature) the ids can name; when more have been seen,
+#: Distinct cells (provider, model, route, feature, prompt) the ids can name; when more have been seen,
 #: the ids are re-assigned to the cells the window still holds.
 MAX_CELLS = 65_535
 
-DIMENSIONS: tuple[str, ...] = ("provider", "model", "route", "feature", "user")
+DIMENSIONS: tuple[str, ...] = ("provider", "model", "route", "feature", "prompt", "user")
 
 _FAILURES: tuple[Failure, ...] = tuple(Failure)
 _FAILURE_INDEX = {f: i for i, f in enumerate(_FAILURES)}
@@ -136,7 +138,33 @@ QUANTILES = (0.5, 0.95, 0.99)
 _V_TTFT = _V_LAT + len(QUANTILES)
 _V_WIDTH = _V_TTFT + len(QUANTILES)
 
-CellKey = tuple[str, str, str, str]  # provider, model, route, feature
+CellKey = tuple[str, str, str, str, str]  # provider, model, route, feature, prompt ("name@version")
+
+
+def prompt_key(name: str | None, version: int | None) -> str:
+    """The prompt part of a cell: ``name@version``, ``name`` (a label without a version), ``""`` (none)."""
+    if not name:
+        return ""
+    return name if version is None else f"{name}@{version}"
+
+
+def split_prompt(value: str) -> tuple[str, int | None]:
+    """``"ticket-summary@2"`` -> ``("ticket-summary", 2)``; ``"ticket-summary"`` -> ``(name, None)``.
+
+    A prompt name has no ``@`` (app.core.prompts.NAME), so the last one separates the version;
+    a value whose part after it is not a whole number is taken as a name.
+    """
+    name, sep, version = value.rpartition("@")
+    if sep and version.isdigit():
+        return name, int(version)
+    return value, None
+
+
+def _prompt_matches(wanted: str, key: str) -> bool:
+    """``name@2`` matches that version only; ``name`` matches every version of it (and the bare label)."""
+    if key == wanted:
+        return True
+    return "@" not in wanted and key.startswith(wanted) and key[len(wanted) : len(wanted) + 1] == "@"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +175,18 @@ class LiveFilter:
     model: str | None = None
     route: str | None = None
     feature: str | None = None
+    #: ``name@version`` for one version, ``name`` for every version of a prompt.
+    prompt: str | None = None
     user: str | None = None
 
     def matches(self, key: CellKey) -> bool:
-        """Whether a cell (provider, model, route, feature) matches; ``user`` is checked elsewhere."""
+        """Whether a cell (provider, model, route, feature, prompt) matches; ``user`` is checked elsewhere."""
         return (
             (self.provider is None or self.provider == key[0])
             and (self.model is None or self.model == key[1])
             and (self.route is None or self.route == key[2])
             and (self.feature is None or self.feature == key[3])
+            and (self.prompt is None or _prompt_matches(self.prompt, key[4]))
         )
 
     @property
@@ -165,7 +196,13 @@ class LiveFilter:
     @property
     def cell_filter(self) -> LiveFilter:
         """This filter without its user."""
-        return LiveFilter(self.provider, self.model, self.route, self.feature)
+        return LiveFilter(
+            provider=self.provider,
+            model=self.model,
+            route=self.route,
+            feature=self.feature,
+            prompt=self.prompt,
+        )
 
 
 ALL = LiveFilter()
@@ -249,7 +286,7 @@ _MAX_CACHED_FILTERS = 32
 
 
 class LiveAggregator:
-    """Per-second figures for the last ``window_s`` seconds, by provider/model/route/feature/user.
+    """Per-second figures for the last ``window_s`` seconds, by provider/model/route/feature/prompt/user.
 
     Thread-safe: the pipeline's writer thread adds, a reader (a UI worker or a
     QTimer slot) asks for series.
@@ -290,7 +327,21 @@ class LiveAggregator:
         # One comprehension per column: far cheaper than appending to ten lists per event.
         return self._add(
             ts_end=np.array([e.ts_end for e in evs], dtype=np.float64),
-            cells=[(e.provider, e.model, e.route or "", e.feature or "") for e in evs],
+            cells=[
+                (
+                    e.provider,
+                    e.model,
+                    e.route or "",
+                    e.feature or "",
+                    # Inline (no call per event): most events name no prompt.
+                    ""
+                    if not e.prompt_name
+                    else e.prompt_name
+                    if e.prompt_version is None
+                    else f"{e.prompt_name}@{e.prompt_version}",
+                )
+                for e in evs
+            ],
             users=[e.user for e in evs],
             failure=np.array([fail_index[e.failure] for e in evs], dtype=np.int8),
             latency_ms=np.array([e.latency_ms for e in evs], dtype=np.float64),  # None -> nan
@@ -317,8 +368,13 @@ class LiveAggregator:
         output_tokens: npt.ArrayLike | None = None,
         cost_usd: npt.ArrayLike | None = None,
         cache_hit: npt.ArrayLike | None = None,
+        prompt_name: Sequence[str | None] | None = None,
+        prompt_version: Sequence[int | None] | None = None,
     ) -> int:
         """The same as :meth:`add` for events given as columns (one entry per event, equal lengths).
+
+        ``prompt_name`` / ``prompt_version``: the registry prompt each event used (``None``: none);
+        a version without a name is ignored.
 
         ``failure``: ``Failure`` members or their values (default: none);
         ``latency_ms``, ``ttft_ms`` and ``cost_usd``: ``nan`` or ``None`` where
@@ -328,8 +384,9 @@ class LiveAggregator:
         ts = np.asarray(ts_end, dtype=np.float64)
         n = len(ts)
         columns: list[Sequence[Any]] = [provider, model, route, feature]
-        if user is not None:
-            columns.append(user)
+        for optional in (user, prompt_name, prompt_version):
+            if optional is not None:
+                columns.append(optional)
         for name, col in (
             ("failure", failure), ("latency_ms", latency_ms), ("ttft_ms", ttft_ms),
             ("input_tokens", input_tokens), ("output_tokens", output_tokens),
@@ -355,10 +412,22 @@ class LiveAggregator:
                 return np.full(n, default, dtype=np.float64)
             return np.asarray(col, dtype=np.float64)
 
+        if prompt_name is None:
+            prompts: Iterable[str] = [""] * n
+        else:
+            versions = prompt_version if prompt_version is not None else [None] * n
+            prompts = [prompt_key(p, v) for p, v in zip(prompt_name, versions, strict=True)]
         return self._add(
             ts_end=ts,
             cells=list(
-                zip(provider, model, (r or "" for r in route), (f or "" for f in feature), strict=True)
+                zip(
+                    provider,
+                    model,
+                    (r or "" for r in route),
+                    (f or "" for f in feature),
+                    prompts,
+                    strict=True,
+                )
             ),
             users=list(user) if user is not None else [None] * n,
             failure=fails,
@@ -458,7 +527,9 @@ class LiveAggregator:
             self._reintern(keep=[ids[c] for c in batch if c in ids])
         for c in new:
             if len(self._cell_keys) >= MAX_CELLS:
-                log.warning("more than %d provider/model/route/feature cells in the live window", MAX_CELLS)
+                log.warning(
+                    "more than %d provider/model/route/feature/prompt cells in the live window", MAX_CELLS
+                )
                 break
             self._cell_ids[c] = len(self._cell_keys)
             self._cell_keys.append(c)
@@ -893,4 +964,6 @@ __all__ = [
     "LiveSeries",
     "bin_keys",
     "key_value",
+    "prompt_key",
+    "split_prompt",
 ]

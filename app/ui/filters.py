@@ -1,9 +1,14 @@
-"""The shared filter bar (ui.md "The window"): provider, model, route, feature, user, time range, LIVE/pause.
+"""The shared filter bar (ui.md "The window"): provider, model, route, feature, prompt, user, range, LIVE/pause.
 
 Every page that shows traffic reads one :class:`FilterState`; the bar keeps it
 across pages and restarts (QSettings).  Filters combine (AND).  Live ranges
 read the in-memory live aggregator (1-second steps, 15 minutes kept); longer
-ranges read the store's rollups (minute steps and coarser).
+ranges read the store's rollups (minute steps and coarser), except with a
+prompt chosen: the rollups have no prompt, so that history is read from the
+events table, for ranges up to 7 days.
+
+A prompt is ``name@version`` (one version) or ``name`` (every version), the
+way requests name it (docs/prompts.md).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from app.core import paths
-from app.sources.live import DIMENSIONS, LiveFilter
+from app.sources.live import DIMENSIONS, LiveFilter, split_prompt
 from app.ui.qt import QSettings, Qt, QtWidgets, Signal
 from app.ui.theme import current_colors
 
@@ -47,6 +52,7 @@ _DIM_TITLES = {
     "model": "All models",
     "route": "All routes",
     "feature": "All features",
+    "prompt": "All prompts",
     "user": "All users",
 }
 
@@ -66,6 +72,8 @@ class FilterState:
     model: str | None = None
     route: str | None = None
     feature: str | None = None
+    #: ``name@version`` (one version) or ``name`` (every version of the prompt).
+    prompt: str | None = None
     user: str | None = None
     range_key: str = DEFAULT_RANGE
     paused: bool = False
@@ -89,9 +97,14 @@ class FilterState:
         return LiveFilter(**self.dims())
 
     def series_filter(self) -> SeriesFilter:
+        """The rollups' filter: every dimension but the prompt (see :meth:`prompt_parts`)."""
         from storage.queries.series import SeriesFilter  # SQLAlchemy loads off the start-up path
 
-        return SeriesFilter(**self.dims())
+        return SeriesFilter(**{d: v for d, v in self.dims().items() if d != "prompt"})
+
+    def prompt_parts(self) -> tuple[str, int | None] | None:
+        """The chosen prompt as ``(name, version)`` (version ``None``: every version), or ``None``."""
+        return None if self.prompt is None else split_prompt(self.prompt)
 
     def query_key(self) -> tuple[object, ...]:
         """Changes when the question changes (not on pause): charts reset their y range on it."""
@@ -129,15 +142,24 @@ class DimensionCombo(QtWidgets.QComboBox):
 
     def shown_text(self) -> str:
         value = self.currentData()
-        return self.dim if value is None else f"{self.dim}: {value}"
+        if value is None:
+            return self.dim
+        return f"{self.dim}: {value}" + (" (all versions)" if _all_versions(self.dim, value) else "")
 
     def _on_index(self, *_args: object) -> None:
         value = self.currentData()
-        self.setToolTip(
-            f"Showing every {self.dim} (Ctrl+F focuses the filters)"
-            if value is None
-            else f"Showing only {self.dim} {value}"
-        )
+        if value is None:
+            tip = f"Showing every {self.dim} (Ctrl+F focuses the filters)"
+        elif _all_versions(self.dim, value):
+            tip = f"Showing every version of prompt {value}"
+        else:
+            tip = f"Showing only {self.dim} {value}"
+        if self.dim == "prompt":
+            tip += (
+                "\nPrompts are name@version, or a name for every version. History with a prompt is read "
+                "from the events table (the rollups have no prompt), for ranges up to 7 days."
+            )
+        self.setToolTip(tip)
 
     def paintEvent(self, event: object) -> None:
         painter = QtWidgets.QStylePainter(self)
@@ -156,7 +178,7 @@ class DimensionCombo(QtWidgets.QComboBox):
 
 
 class FilterBar(QtWidgets.QFrame):
-    """provider ▾ model ▾ route ▾ feature ▾ user ▾ | range ▾ | ● LIVE / ❚❚."""
+    """provider ▾ model ▾ route ▾ feature ▾ prompt ▾ user ▾ | range ▾ | ● LIVE / ❚❚."""
 
     changed = Signal(object)  # FilterState
 
@@ -235,10 +257,12 @@ class FilterBar(QtWidgets.QFrame):
         """Offer these values (seen in live traffic or the store); the current choice always stays."""
         self._updating = True
         try:
-            for dim, names in values.items():
+            for dim, given in values.items():
                 combo = self.combos.get(dim)
                 if combo is None:
                     continue
+                # A prompt's name is offered too: it stands for every version of it.
+                names = prompt_choices(given) if dim == "prompt" else given
                 current = combo.currentData()
                 offered = [combo.itemData(i) for i in range(1, combo.count())]
                 wanted = sorted(set(names) | ({current} if current is not None else set()))
@@ -248,7 +272,7 @@ class FilterBar(QtWidgets.QFrame):
                 while combo.count() > 1:
                     combo.removeItem(1)
                 for name in wanted:
-                    combo.addItem(name, name)
+                    combo.addItem(item_text(dim, name), name)
                 combo.setCurrentIndex(max(combo.findData(current), 0) if current is not None else 0)
                 combo.blockSignals(False)
         finally:
@@ -324,12 +348,29 @@ class FilterBar(QtWidgets.QFrame):
         self.set_state(FilterState(**dims, range_key=key))
 
 
+def _all_versions(dim: str, value: str) -> bool:
+    return dim == "prompt" and split_prompt(value)[1] is None
+
+
+def item_text(dim: str, value: str) -> str:
+    """How a value reads in its combo's list: a prompt's name says it stands for every version."""
+    return f"{value} · all versions" if _all_versions(dim, value) else value
+
+
+def prompt_choices(refs: Sequence[str]) -> list[str]:
+    """Prompt values for the combo: every ``name@version`` given, and each ``name`` (all its versions)."""
+    out = set(refs)
+    out.update(split_prompt(r)[0] for r in refs)
+    out.discard("")
+    return sorted(out)
+
+
 def _select(combo: QtWidgets.QComboBox, value: str | None) -> None:
     if value is None:
         combo.setCurrentIndex(0)
         return
     index = combo.findData(value)
     if index < 0:
-        combo.addItem(value, value)
+        combo.addItem(item_text(getattr(combo, "dim", ""), value), value)
         index = combo.count() - 1
     combo.setCurrentIndex(index)

@@ -7,6 +7,11 @@ Nothing here waits on the GUI thread:
   by the ingest writer for a whole batch, and the GUI must not queue behind it;
 - history frames, spend today, budgets, open breakers and the values the filter
   combos offer come from the store through :class:`~app.ui.bridge.Bridge`.
+  History and spend come from the rollups, except with a prompt chosen: the
+  rollups have no prompt, so they are read from the events table
+  (:func:`storage.queries.series.query_series_from_events`, up to 7 days; a
+  longer range gives an empty frame whose ``note`` says why).  The prompt
+  combo offers the prompts seen live and every version in the store's registry.
 
 Results come back as signals, so pages only ever run ``setData`` with arrays
 that are already built: the worker also derives every chart's series
@@ -138,6 +143,10 @@ class TrafficFrame:
     transitions: list[BreakerMark] = field(default_factory=list)
     #: Live: spend in the 60 s ending at each second (NaN where less than a minute is known).
     cost_min: F64 | None = None
+    #: Where the figures come from: ``live`` (the aggregator), ``rollups`` or ``events`` (history).
+    source: str = "live"
+    #: Why a frame is empty when it is not for lack of traffic (the chart says it).
+    note: str | None = None
     made_at: float = field(default_factory=time.time)
     _chart_series: dict[str, dict[str, F64]] | None = field(default=None, repr=False, compare=False)
 
@@ -258,23 +267,55 @@ def _slice_series(s: LiveSeries, w: slice) -> LiveSeries:
     )
 
 
+def _query_history(
+    engine: Any,
+    state: FilterState,
+    since: float,
+    until: float,
+    metrics: tuple[str, ...],
+    *,
+    step: int | None = None,
+    now: float | None = None,
+) -> Any:
+    """A :class:`~storage.queries.series.SeriesResult`: from the rollups, or with a prompt from events."""
+    from storage.queries.series import query_series, query_series_from_events
+
+    parts = state.prompt_parts()
+    if parts is None:
+        return query_series(engine, since, until, metrics, filters=state.series_filter(), step=step, now=now)
+    name, version = parts
+    return query_series_from_events(
+        engine,
+        since,
+        until,
+        metrics,
+        prompt_name=name,
+        prompt_version=version,
+        filters=state.series_filter(),
+        step=step,
+    )
+
+
 def history_frame(engine: Any, state: FilterState, *, now: float | None = None) -> TrafficFrame:
-    """The range in ``state`` from the store's rollups (blocking: call it off the GUI thread)."""
-    from storage.queries.series import plan_series, query_series
+    """The range in ``state`` from the store's rollups, or its events with a prompt chosen (blocking:
+    call it off the GUI thread)."""
+    from storage.queries.series import EVENTS_MAX_WINDOW_S, plan_series
 
     now = time.time() if now is None else now
     # Whole buckets only: a bucket still filling would always dip at the right edge.
     step = plan_series(now - state.seconds, now, now=now).step
     until = math.floor(now / step) * step
-    res = query_series(
-        engine,
-        until - state.seconds,
-        until,
-        HISTORY_METRICS,
-        filters=state.series_filter(),
-        step=step,
-        now=now,
-    )
+    from_events = state.prompt is not None
+    if from_events and state.seconds > EVENTS_MAX_WINDOW_S:
+        return _unanswered_frame(
+            state,
+            until,
+            step,
+            f"Traffic by prompt is read from the events table (the rollups have no prompt), for "
+            f"ranges up to {EVENTS_MAX_WINDOW_S // DAY} days: choose Last 7 days or shorter, or "
+            f"clear the prompt filter.",
+        )
+    res = _query_history(engine, state, until - state.seconds, until, HISTORY_METRICS, step=step, now=now)
     series = res.total() or res.series[0]
     v = series.values
     cost = v["cost_usd"]
@@ -299,6 +340,29 @@ def history_frame(engine: Any, state: FilterState, *, now: float | None = None) 
         latency_ms={"p50": v["latency_p50"], "p95": v["latency_p95"], "p99": v["latency_p99"]},
         ttft_ms={"p50": v["ttft_p50"], "p95": v["ttft_p95"]},
         spend_day_usd=spend,
+        source="events" if from_events else "rollups",
+    )
+
+
+def _unanswered_frame(state: FilterState, until: float, step: int, note: str) -> TrafficFrame:
+    """A history frame of unknown (NaN) buckets over the range, with ``note`` saying why."""
+    t = until - state.seconds + step * np.arange(state.seconds // step, dtype=np.float64)
+    nan = np.full(len(t), np.nan)
+    return TrafficFrame(
+        state=state,
+        t=t,
+        step_s=step,
+        requests=nan.copy(),
+        failures={f: nan.copy() for f in FAILURE_TYPES},
+        input_tokens=nan.copy(),
+        output_tokens=nan.copy(),
+        cost_usd=nan.copy(),
+        cache_hits=nan.copy(),
+        latency_ms={"p50": nan.copy(), "p95": nan.copy(), "p99": nan.copy()},
+        ttft_ms={"p50": nan.copy(), "p95": nan.copy()},
+        spend_day_usd=nan.copy(),
+        source="events",
+        note=note,
     )
 
 
@@ -322,15 +386,15 @@ def _first_event_ts(engine: Any) -> float | None:
 def read_store_facts(engine: Any, state: FilterState, *, now: float | None = None) -> StoreFacts:
     """Spend today and yesterday to this time, daily budgets that apply, open breakers (blocking)."""
     from storage.queries.control import list_breaker_overrides, list_breaker_transitions, list_objects
-    from storage.queries.series import query_series, top_n
+    from storage.queries.prompts import list_prompts
+    from storage.queries.series import top_n
 
     now = time.time() if now is None else now
-    flt = state.series_filter()
     day = math.floor(now / DAY) * DAY
     until = max(math.ceil(now / 60) * 60, day + 60)
 
     def spend(a: float, b: float) -> float:
-        res = query_series(engine, a, b, ("cost_usd",), filters=flt, now=now)
+        res = _query_history(engine, state, a, b, ("cost_usd",), now=now)
         total = res.total() or res.series[0]
         return float(np.nansum(total.values["cost_usd"]))
 
@@ -361,6 +425,12 @@ def read_store_facts(engine: Any, state: FilterState, *, now: float | None = Non
         state_by_target[o.target] = o.state
     facts.open_breakers = sum(1 for s in state_by_target.values() if s == "open")
     for dim in DIMENSIONS:
+        if dim == "prompt":
+            # The registry's prompts, every version (numbered 1..latest, never removed: docs/prompts.md).
+            facts.dimension_values[dim] = [
+                f"{p.name}@{v}" for p in list_prompts(engine) for v in range(1, (p.latest_version or 0) + 1)
+            ]
+            continue
         rows = top_n(engine, now - DAY, until, dim, n=50, now=now)
         facts.dimension_values[dim] = [r.key for r in rows if r.key]
     return facts

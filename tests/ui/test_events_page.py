@@ -156,7 +156,7 @@ def _event_with_text_id(page: EventsPage) -> str:
 
 
 def test_the_table_fits_its_width_instead_of_scrolling_sideways(page: EventsPage, qtbot: object) -> None:
-    from app.ui.models.events_model import COL_CACHE, COL_LATENCY, COL_MODEL, HEADERS
+    from app.ui.models.events_model import COL_CACHE, COL_LATENCY, COL_MODEL, COL_PROMPT, HEADERS
 
     table = page.table
     header = table.horizontalHeader()
@@ -172,7 +172,7 @@ def test_the_table_fits_its_width_instead_of_scrolling_sideways(page: EventsPage
     qtbot.waitUntil(lambda: table.viewport().width() < 760, timeout=3000)  # type: ignore[attr-defined]
     assert fits() and not table.horizontalScrollBar().isVisible()
     hidden = page.hidden_columns()
-    assert hidden and hidden[-1] == HEADERS[COL_CACHE]  # the end of the display order gives way first
+    assert hidden and hidden[-1] == HEADERS[COL_PROMPT]  # the end of the display order gives way first
     for column in (COL_TIME, COL_MODEL, COL_FAILURE, COL_LATENCY):
         assert not header.isSectionHidden(column), HEADERS[column]
     # A name cut short shows whole on hover.

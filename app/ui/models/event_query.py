@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Engine, String, and_, func, literal, or_, select, tuple_, type_coerce
 
 from app.core.event import Failure
+from app.sources.live import prompt_key, split_prompt
 from storage.engine import transaction
 from storage.models import EVENTS
 from storage.queries.events import EventFilter
@@ -38,6 +39,7 @@ SORT_EXPRESSIONS: dict[str, Any] = {
     "tokens": c.input_tokens + c.output_tokens,
     "cost": func.coalesce(c.cost_usd, -1.0),
     "attempts": c.attempts,
+    "prompt": func.coalesce(c.prompt_name, ""),
 }
 SORT_KEYS: tuple[str, ...] = tuple(SORT_EXPRESSIONS)
 
@@ -53,6 +55,7 @@ SEARCH_FIELDS: dict[str, Any] = {
     "status": c.status_code,
     "id": c.event_id,
     "target": c.targets_tried,
+    "prompt": c.prompt_name,  # prompt:NAME (every version) or prompt:NAME@VERSION
 }
 
 #: Plain words match any of these (case-insensitive substring).
@@ -86,17 +89,24 @@ class EventRow:
     output_tokens: int
     cost_usd: float | None
     cache_hit: str
+    prompt_name: str | None = None
+    prompt_version: int | None = None
     sort_value: Any = field(compare=False, default=None)
 
     @property
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    @property
+    def prompt(self) -> str | None:
+        """``name@version`` (``name`` for a label without a version), or ``None``."""
+        return prompt_key(self.prompt_name, self.prompt_version) or None
+
 
 _ROW_COLUMNS = [
     c.id, c.event_id, c.ts_start, c.source, c.provider, c.model, c.route, c.feature, c.user,
     c.status_code, c.failure, c.error_message, c.attempts, c.latency_ms, c.ttft_ms,
-    c.input_tokens, c.output_tokens, c.cost_usd, c.cache_hit,
+    c.input_tokens, c.output_tokens, c.cost_usd, c.cache_hit, c.prompt_name, c.prompt_version,
 ]  # fmt: skip
 
 
@@ -174,6 +184,11 @@ def _field_condition(name: str, value: str) -> ColumnElement[bool]:
         # targets_tried is a JSON list of names: match the quoted name inside it.
         # type_coerce: compare the stored text, not a JSON-encoded pattern.
         return type_coerce(column, String).like(_like(f'"{value}"'), escape="\\")
+    if name == "prompt":
+        prompt, version = split_prompt(value)
+        if version is None:
+            return column == prompt  # type: ignore[no-any-return]
+        return and_(column == prompt, c.prompt_version == version)
     return column == value  # type: ignore[no-any-return]
 
 
@@ -188,6 +203,7 @@ _EXAMPLES = {
     "status": "429",
     "id": "0192…",
     "target": "fast",
+    "prompt": "ticket-summary@2",
 }
 
 

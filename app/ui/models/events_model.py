@@ -36,6 +36,7 @@ COL_STATUS = 10
 COL_TTFT = 11
 COL_ATTEMPTS = 12
 COL_CACHE = 13
+COL_PROMPT = 14
 
 _TITLES = {
     COL_TIME: "Time",
@@ -52,6 +53,7 @@ _TITLES = {
     COL_TTFT: "TTFT",
     COL_ATTEMPTS: "Attempts",
     COL_CACHE: "Cache",
+    COL_PROMPT: "Prompt",
 }
 HEADERS: tuple[str, ...] = tuple(_TITLES[i] for i in range(len(_TITLES)))
 
@@ -70,6 +72,7 @@ COLUMN_SORT: dict[int, str] = {
     COL_TOKENS: "tokens",
     COL_COST: "cost",
     COL_ATTEMPTS: "attempts",
+    COL_PROMPT: "prompt",
 }
 SORT_COLUMN: dict[str, int] = {v: k for k, v in COLUMN_SORT.items()}
 
@@ -79,7 +82,7 @@ SORT_ROLE = int(Qt.ItemDataRole.UserRole) + 1
 ROW_ROLE = int(Qt.ItemDataRole.UserRole) + 2
 
 _NUMERIC = {COL_STATUS, COL_LATENCY, COL_TTFT, COL_TOKENS, COL_COST, COL_ATTEMPTS}
-_NAMES = {COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER}
+_NAMES = {COL_PROVIDER, COL_MODEL, COL_ROUTE, COL_FEATURE, COL_USER, COL_PROMPT}
 
 FetchRows = Callable[[EventQuery, RowCursor | None, int], RowPage]
 CountRows = Callable[[EventQuery], int]
@@ -135,6 +138,8 @@ def _display(row: EventRow, column: int, now: float) -> str:
         return str(row.attempts)
     if column == COL_CACHE:
         return "" if row.cache_hit == "none" else row.cache_hit
+    if column == COL_PROMPT:
+        return row.prompt or "—"
     return ""
 
 
@@ -154,6 +159,7 @@ def _raw(row: EventRow, column: int) -> Any:
         COL_COST: row.cost_usd,
         COL_ATTEMPTS: row.attempts,
         COL_CACHE: row.cache_hit,
+        COL_PROMPT: row.prompt,
     }.get(column)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from app.core import format as fmt
 from app.core.event import FAILURE_TYPES, Event, Failure
+from app.sources.live import split_prompt
 from app.ui.models.event_query import PRESETS, EventQuery, count_rows, fetch_rows, preset
 from app.ui.models.events_model import (
     COL_COST,
@@ -50,7 +51,8 @@ _LAST_CORE = COL_COST
 SEARCH_HELP = (
     "Words match the id, provider, model, route, feature, user and error message. "
     "Fields match exactly: provider:openai model:gpt-4o route:search feature:chat user:ana "
-    'source:gateway failure:timeout status:429 target:fast id:… — quote a phrase: "rate limit".'
+    "source:gateway failure:timeout status:429 target:fast prompt:ticket-summary@2 id:… — "
+    'quote a phrase: "rate limit".'
 )
 
 
@@ -433,6 +435,8 @@ class EventsPage(QtWidgets.QWidget):
         since = float(self._clock()) - state.seconds if getattr(state, "seconds", 0) else None
         self._range_label = str(state.range.label).lower() if hasattr(state, "range") else ""
         self._live_range = bool(getattr(state, "live", False))
+        prompt = getattr(state, "prompt", None)
+        prompt_name, prompt_version = split_prompt(prompt) if prompt else (None, None)
         self.set_filters(
             EventFilter(
                 since=since,
@@ -441,6 +445,8 @@ class EventsPage(QtWidgets.QWidget):
                 route=state.route,
                 feature=state.feature,
                 user=state.user,
+                prompt_name=prompt_name,
+                prompt_version=prompt_version,
             )
         )
 
@@ -452,7 +458,7 @@ class EventsPage(QtWidgets.QWidget):
             self._run_query()
 
     def set_filters(self, filters: EventFilter) -> None:
-        """The shared filter bar's choice (provider, model, route, feature, user, time range)."""
+        """The shared filter bar's choice (provider, model, route, feature, prompt, user, time range)."""
         self._filters = filters
         self._run_query()
 

@@ -45,6 +45,10 @@ _COLUMNS = 2
 _MIN_PLOT_HEIGHT = 105
 #: Milliseconds between drawing one chart and the next when the live feed refreshes.
 STAGE_MS = 4
+NO_TRAFFIC = (
+    "No traffic in this range yet. Start the demo (controlroom ui --demo), point a source at "
+    "your logs on the Sources page, or widen the filters."
+)
 
 
 def _num(v: float) -> str:
@@ -154,10 +158,7 @@ class TrafficPage(QtWidgets.QWidget):
         self.context = QtWidgets.QLabel("", objectName="muted")
         self.context.setWordWrap(True)
         layout.addWidget(self.context)
-        self.empty = EmptyState(
-            "No traffic in this range yet. Start the demo (controlroom ui --demo), point a source at "
-            "your logs on the Sources page, or widen the filters."
-        )
+        self.empty = EmptyState(NO_TRAFFIC)
         layout.addWidget(self.empty)
 
         self.graphics = _Graphics()
@@ -385,6 +386,7 @@ class TrafficPage(QtWidgets.QWidget):
         ]
         for chart_key in ("requests", "failures"):
             self.charts[chart_key].set_markers(marks)
+        self.empty.setText(frame.note or NO_TRAFFIC)
         self.empty.setVisible(frame.is_empty())
         self._show_context(frame.state, frame)
         self._staged = (frame, data)
@@ -458,7 +460,12 @@ class TrafficPage(QtWidgets.QWidget):
             what = f"Live · last {state.seconds // 60} min at 1-second steps"
         else:
             step = frame.step_s if frame is not None else 60
-            what = f"{state.range.label} · {_step_words(step)} steps from the store's rollups"
+            source = (
+                "the store's events (rollups have no prompt)"
+                if state.prompt is not None
+                else "the store's rollups"
+            )
+            what = f"{state.range.label} · {_step_words(step)} steps from {source}"
         parts = [what, state.describe()]
         if state.live and state.paused:
             parts.append("paused — Space resumes")
