@@ -134,7 +134,8 @@ class DimensionCombo(QtWidgets.QComboBox):
         super().__init__(parent, objectName=f"filter-{dim}")
         self.dim = dim
         self.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.setMinimumContentsLength(9)
+        # A prompt reads ``name@version``: room for a typical one before it elides.
+        self.setMinimumContentsLength(20 if dim == "prompt" else 9)
         self.view().setMinimumWidth(220)
         self.setAccessibleName(f"Filter by {dim}")
         self.currentIndexChanged.connect(self._on_index)

@@ -51,6 +51,15 @@ NO_TRAFFIC = (
 )
 
 
+def _no_traffic(state: FilterState) -> str:
+    if state.prompt is None:
+        return NO_TRAFFIC
+    return (
+        f"No traffic through prompt {state.prompt} in this range. Requests use a registry prompt with "
+        "the x-controlroom-prompt header or prompt= in the library (docs/prompts.md); or widen the filters."
+    )
+
+
 def _num(v: float) -> str:
     """Axis ticks for rates: 0.25, 2.5, 12, 1.2k (the unit is on the axis)."""
     if not math.isfinite(v):
@@ -386,7 +395,7 @@ class TrafficPage(QtWidgets.QWidget):
         ]
         for chart_key in ("requests", "failures"):
             self.charts[chart_key].set_markers(marks)
-        self.empty.setText(frame.note or NO_TRAFFIC)
+        self.empty.setText(frame.note or _no_traffic(frame.state))
         self.empty.setVisible(frame.is_empty())
         self._show_context(frame.state, frame)
         self._staged = (frame, data)
