@@ -27,6 +27,7 @@ from app.ui.bridge import Bridge
 from app.ui.filters import FilterBar, FilterState, prompt_choices
 from app.ui.livefeed import history_frame
 from app.ui.main_window import MainWindow
+from app.ui.models.runner import run_now
 from app.ui.pages.events import EventsPage
 from app.ui.pages.traffic import TrafficPage
 from app.ui.qt import QtWidgets
@@ -80,7 +81,13 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
         window.show_page("traffic")
         parent = QtWidgets.QWidget()
         qtbot.addWidget(parent)  # type: ignore[attr-defined]
-        window.attach_data(live=live, bridge=Bridge(runtime, parent), store=lambda: store)
+        # The traffic pages through the feed (store reads on the runtime), the Events page reads the
+        # store in place (run_now): no other page is attached, so none keeps asking after the test.
+        window.feed.attach(live=live, bridge=Bridge(runtime, parent), store=lambda: store)
+        events_page = window.pages["events"]
+        assert isinstance(events_page, EventsPage)
+        events_page.attach_store(lambda: store, run_now)
+        events_page.set_filter_state(window.filters.state)
         page = window.pages["traffic"]
         assert isinstance(page, TrafficPage)
         combo = window.filters.combos["prompt"]
@@ -116,8 +123,6 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
         # The Events page follows the same choice: the store's rows of that version, and only those.
         combo.setCurrentIndex(combo.findData("ticket-summary@2"))
         window.show_page("events")
-        events_page = window.pages["events"]
-        assert isinstance(events_page, EventsPage)
 
         def rows_match() -> bool:
             m = events_page.model
