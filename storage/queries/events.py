@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Select, and_, func, literal, select, tuple_
@@ -23,7 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.core.event import CacheHit, CostSource, Event, Failure
+from app.core.event import EVENT_FIELDS, CacheHit, CostSource, Event, Failure
 from storage.engine import transaction
 from storage.models import EVENTS
 
@@ -308,33 +309,39 @@ def event_rows(events: Sequence[Event]) -> list[tuple[Any, ...]]:
 
 _tags_of_text: dict[str, dict[str, str]] = {}
 _targets_of_text: dict[str, list[str]] = {}
+# A row's values in Event's field order (Event(*values) is the cheapest way to build one).
+_FIELDS_OF_ROW = itemgetter(*(EVENT_COLUMNS.index(f) for f in EVENT_FIELDS))
+_F = {name: i for i, name in enumerate(EVENT_FIELDS)}
+_F_TAGS, _F_TARGETS, _F_STREAM = _F["tags"], _F["targets_tried"], _F["stream"]
+_F_FAILURE, _F_COST_SOURCE, _F_CACHE_HIT = _F["failure"], _F["cost_source"], _F["cache_hit"]
+_FAILURE_OF = {f.value: f for f in Failure}
+_COST_SOURCE_OF = {c.value: c for c in CostSource}
+_CACHE_HIT_OF = {c.value: c for c in CacheHit}
+
+
+def _parsed_json(cache: dict[str, Any], text: str) -> Any:
+    value = cache.get(text)
+    if value is None:
+        value = json.loads(text)
+        if len(cache) >= _JSON_CACHE_MAX:
+            cache.clear()
+        cache[text] = value
+    return value
 
 
 def event_from_row(row: Sequence[Any]) -> Event:
     """The :class:`Event` a row in :data:`EVENT_COLUMNS` order stands for (the inverse of building it)."""
-    values = dict(zip(EVENT_COLUMNS, row, strict=True))
-    values["failure"] = Failure(values["failure"])
-    values["cost_source"] = CostSource(values["cost_source"])
-    values["cache_hit"] = CacheHit(values["cache_hit"])
-    values["stream"] = bool(values["stream"])
-    tags, targets = values["tags"], values["targets_tried"]
+    values = list(_FIELDS_OF_ROW(row))
+    values[_F_FAILURE] = _FAILURE_OF[values[_F_FAILURE]]
+    values[_F_COST_SOURCE] = _COST_SOURCE_OF[values[_F_COST_SOURCE]]
+    values[_F_CACHE_HIT] = _CACHE_HIT_OF[values[_F_CACHE_HIT]]
+    values[_F_STREAM] = bool(values[_F_STREAM])
+    tags, targets = values[_F_TAGS], values[_F_TARGETS]
     if isinstance(tags, str):
-        parsed_tags = _tags_of_text.get(tags)
-        if parsed_tags is None:
-            parsed_tags = json.loads(tags)
-            if len(_tags_of_text) >= _JSON_CACHE_MAX:
-                _tags_of_text.clear()
-            _tags_of_text[tags] = parsed_tags
-        values["tags"] = dict(parsed_tags)  # each event owns its dict
+        values[_F_TAGS] = dict(_parsed_json(_tags_of_text, tags))  # each event owns its dict
     if isinstance(targets, str):
-        parsed_targets = _targets_of_text.get(targets)
-        if parsed_targets is None:
-            parsed_targets = json.loads(targets)
-            if len(_targets_of_text) >= _JSON_CACHE_MAX:
-                _targets_of_text.clear()
-            _targets_of_text[targets] = parsed_targets
-        values["targets_tried"] = list(parsed_targets)
-    return Event(**values)
+        values[_F_TARGETS] = list(_parsed_json(_targets_of_text, targets))
+    return Event(*values)
 
 
 # --- reads -----------------------------------------------------------------------------
