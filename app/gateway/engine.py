@@ -283,10 +283,10 @@ class GatewayStats:
 
     requests: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (route, target, failure) -> n
     latency_buckets: tuple[float, ...] = LATENCY_BUCKETS
-    latency: dict[tuple[str, str], list[int]] = field(
+    latency: dict[tuple[str, str, str], list[int]] = field(
         default_factory=dict
     )  # cumulative-free bucket counts (+Inf last)
-    latency_sum: dict[tuple[str, str], float] = field(default_factory=dict)
+    latency_sum: dict[tuple[str, str, str], float] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)  # target -> calls made
     retries: dict[str, int] = field(default_factory=dict)  # target -> retries made
     retries_denied: dict[str, int] = field(default_factory=dict)  # target -> retries the budget refused
@@ -1737,7 +1737,7 @@ class Gateway:
         s.events_recorded += 1
         key = (route, target, ev.failure.value)
         s.requests[key] = s.requests.get(key, 0) + 1
-        lk = (route, target)
+        lk = key  # latency by route, target and failure: a timeout's 30 s never hides in a success's series
         buckets = s.latency.get(lk)
         if buckets is None:
             buckets = s.latency[lk] = [0] * (len(LATENCY_BUCKETS) + 1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from app.core.event import Failure
 from app.gateway import metrics
@@ -82,12 +81,6 @@ def test_render_keeps_one_latency_series_per_failure() -> None:
     assert hists[("default", "fast", "timeout")]["sum"] == 120.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the engine to key its latency histogram by (route, target, failure): "
-    "app/gateway/engine.py Gateway._count_event, lk = (route, target, ev.failure.value); "
-    "remove this marker when that lands",
-)
 def test_a_success_and_a_timeout_are_separate_latency_series(
     sim: Any,  # noqa: F811
     store: Store,  # noqa: F811
