@@ -25,7 +25,7 @@ from app.sources.live import LiveAggregator
 from app.sources.pipeline import Pipeline
 from app.ui.bridge import Bridge
 from app.ui.filters import FilterBar, FilterState, prompt_choices
-from app.ui.livefeed import history_frame
+from app.ui.livefeed import SPARK_BUCKET_S, history_frame, overview_snapshot
 from app.ui.main_window import MainWindow
 from app.ui.models.runner import run_now
 from app.ui.pages.events import EventsPage
@@ -92,10 +92,10 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
         assert isinstance(page, TrafficPage)
         combo = window.filters.combos["prompt"]
         # The registry's versions and each name (every version) are offered.
-        qtbot.waitUntil(lambda: combo.findData("ticket-summary@2") > 0, timeout=10000)  # type: ignore[attr-defined]
+        qtbot.waitUntil(lambda: combo.findData("ticket-summary@2") > 0, timeout=15000)  # type: ignore[attr-defined]
         assert combo.findData("ticket-summary@1") > 0 and combo.findData("ticket-summary") > 0
         assert combo.itemText(combo.findData("ticket-summary")) == "ticket-summary · all versions"
-        qtbot.waitUntil(lambda: page.frame is not None, timeout=5000)  # type: ignore[attr-defined]
+        qtbot.waitUntil(lambda: page.frame is not None, timeout=15000)  # type: ignore[attr-defined]
         assert page.frame is not None and float(np.nansum(page.frame.requests)) == len(events)
 
         # Live: one version.
@@ -103,7 +103,7 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
         assert window.filters.state.prompt == "ticket-summary@2"
         assert combo.shown_text() == "prompt: ticket-summary@2"
         qtbot.waitUntil(  # type: ignore[attr-defined]
-            lambda: page.frame is not None and page.frame.state.prompt == "ticket-summary@2", timeout=5000
+            lambda: page.frame is not None and page.frame.state.prompt == "ticket-summary@2", timeout=15000
         )
         frame = page.frame
         assert frame is not None and frame.live
@@ -112,11 +112,15 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
         want_cost = sum(e.cost_usd or 0.0 for e in events if e.prompt_version == 2)
         assert float(np.nansum(frame.cost_usd)) == pytest.approx(want_cost, rel=1e-9)
 
+        # The Overview reads the same live filter: its sparkline holds the version's requests.
+        snap = overview_snapshot(live, window.filters.state.live_filter(), None)
+        assert float(np.nansum(snap.sparks["requests_per_s"])) * SPARK_BUCKET_S == pytest.approx(v2)
+
         # Live: every version of the prompt.
         combo.setCurrentIndex(combo.findData("ticket-summary"))
         assert combo.shown_text() == "prompt: ticket-summary (all versions)"
         qtbot.waitUntil(  # type: ignore[attr-defined]
-            lambda: page.frame is not None and page.frame.state.prompt == "ticket-summary", timeout=5000
+            lambda: page.frame is not None and page.frame.state.prompt == "ticket-summary", timeout=15000
         )
         assert float(np.nansum(page.frame.requests)) == v1 + v2
 
@@ -128,7 +132,7 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
             m = events_page.model
             return m is not None and m.query.filters.prompt_version == 2 and m.rowCount() == v2
 
-        qtbot.waitUntil(rows_match, timeout=10000)  # type: ignore[attr-defined]
+        qtbot.waitUntil(rows_match, timeout=15000)  # type: ignore[attr-defined]
         model = events_page.model
         assert model is not None
         assert {model.row_at(i).prompt for i in range(model.rowCount())} == {"ticket-summary@2"}
@@ -143,7 +147,7 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
                 and not page.frame.live
                 and page.frame.state.prompt == "ticket-summary@2"
             ),
-            timeout=10000,
+            timeout=15000,
         )
         frame = page.frame
         assert frame is not None and frame.source == "events" and frame.step_s == 60
@@ -158,7 +162,7 @@ def test_choosing_a_prompt_version_narrows_traffic_and_events(
         # 30 days is longer than the events are read for: the chart says why it is empty.
         window.filters.range_combo.setCurrentIndex(window.filters.range_combo.findData("30d"))
         qtbot.waitUntil(  # type: ignore[attr-defined]
-            lambda: page.frame is not None and page.frame.state.range_key == "30d", timeout=10000
+            lambda: page.frame is not None and page.frame.state.range_key == "30d", timeout=15000
         )
         assert page.frame.note is not None and "up to 7 days" in page.frame.note
         assert page.empty.isVisibleTo(page) and "up to 7 days" in page.empty.label.text()
