@@ -313,7 +313,14 @@ def _smoke(qapp: QtWidgets.QApplication, app: ControlRoom, options: UiOptions) -
     # the picture shows the page, not "Reading the store…".
     window = app.window
     window.show_page(window.current_page)
-    _wait_until(qapp, lambda: app.bridge.pending == 0, SMOKE_PAGE_WAIT_S)
+    # A page whose first read found the store still opening asks again a moment later: wait until
+    # the bridge has stayed idle for a short while, not just for one instant.
+    deadline = time.monotonic() + SMOKE_PAGE_WAIT_S
+    while time.monotonic() < deadline:
+        _wait_until(qapp, lambda: app.bridge.pending == 0, max(0.0, deadline - time.monotonic()))
+        _wait_until(qapp, lambda: False, 0.4)
+        if app.bridge.pending == 0:
+            break
     # Let layouts settle and the status bar repaint with the final texts.
     QTimer.singleShot(0, lambda: None)
     qapp.processEvents()

@@ -118,8 +118,7 @@ def apply_theme(app: QtWidgets.QApplication, scheme: Scheme = Scheme.SYSTEM) -> 
     pal.setColor(role.ToolTipText, c(colors.text))
     pal.setColor(role.PlaceholderText, c(colors.muted))
     pal.setColor(role.Highlight, c(colors.accent))
-    # White on the dark theme's light accent reads at under 3:1; its darkest colour reads at over 6:1.
-    pal.setColor(role.HighlightedText, c(colors.rail if c(colors.accent).lightnessF() > 0.6 else "#ffffff"))
+    pal.setColor(role.HighlightedText, c(selected_text(colors)))
     pal.setColor(role.Link, c(colors.accent))
     pal.setColor(QtGui.QPalette.ColorGroup.Disabled, role.Text, c(colors.muted))
     pal.setColor(QtGui.QPalette.ColorGroup.Disabled, role.WindowText, c(colors.muted))
@@ -134,6 +133,12 @@ def current_colors() -> Colors:
     app = QtWidgets.QApplication.instance()
     colors = app.property("controlroom_colors") if app is not None else None
     return colors if isinstance(colors, Colors) else LIGHT
+
+
+def selected_text(c: Colors) -> str:
+    """Text on a selected row: white on the light theme's deep accent; on the dark theme's light
+    accent white reads at under 3:1, its darkest colour at over 6:1."""
+    return c.rail if QtGui.QColor(c.accent).lightnessF() > 0.6 else "#ffffff"
 
 
 def stylesheet(c: Colors) -> str:

@@ -271,3 +271,12 @@ def test_ctrl_r_reads_the_log_again(qtbot: object, store: Store) -> None:
                 expected_revision=None)  # fmt: skip
     page.refresh()
     assert page.model.rowCount() == before + 1
+
+
+def test_the_log_fits_a_narrow_window_without_sideways_scrolling(qtbot: object, store: Store) -> None:
+    page = _page(qtbot, store)
+    page.resize(760, 560)  # the page's share of a 960 px window
+    page.show()
+    qtbot.waitExposed(page)  # type: ignore[attr-defined]
+    table = page.table
+    qtbot.waitUntil(lambda: table.horizontalHeader().length() <= table.viewport().width())  # type: ignore[attr-defined]

@@ -180,7 +180,8 @@ def test_page_with_no_targets_says_what_to_do(tmp_path: Path, qtbot: object) -> 
         qtbot.addWidget(page)  # type: ignore[attr-defined]
         page.attach_store(lambda: empty, run_now)
         assert page.stack.currentWidget() is page.empty
-        assert "config apply" in page.empty.label.text()
+        assert "config apply" in page.empty.label.text() and "Providers page" in page.empty.label.text()
+        assert page.lower.isHidden()  # no timeline or transitions list under the message
         page.timer.stop()
 
 

@@ -25,6 +25,7 @@ from app.gateway.revert import (
     prompt_reverts_available,
     revert_change,
 )
+from app.ui.editors.columns import ColumnFitter
 from app.ui.models.audit_model import (
     COL_ACTION,
     COL_CHANGES,
@@ -32,6 +33,7 @@ from app.ui.models.audit_model import (
     COL_OBJECT,
     COL_WHEN,
     COL_WHO,
+    COL_WHY,
     OBJECT_TYPES,
     SORT_ROLE,
     AuditFilter,
@@ -328,6 +330,17 @@ class AuditPage(QtWidgets.QWidget):
             (COL_CHANGES, "settings.deadline_s 20 → 12; +2 more"),
         ):
             self.table.setColumnWidth(col, metrics.horizontalAdvance(sample) + 24)
+        # At 960 px the log fits without sideways scrolling: what changed, when and the object give way.
+        self.fitter = ColumnFitter(
+            self.table,
+            [self.table.columnWidth(c) for c in range(COL_WHY)],
+            [
+                (COL_CHANGES, metrics.horizontalAdvance("version 2 added") + 12),
+                (COL_WHEN, metrics.horizontalAdvance("14:03:12  ·  59 min ago") + 24),
+                (COL_OBJECT, metrics.horizontalAdvance("route default") + 24),
+                (COL_ID, metrics.horizontalAdvance("#9999") + 24),
+            ],
+        )
         self.table.selectionModel().selectionChanged.connect(self._on_selection)
 
         self.empty = EmptyState("Opening the store…")
@@ -483,8 +496,7 @@ class AuditPage(QtWidgets.QWidget):
                 "No control change has been made yet.\n\nEvery change will be listed here — who made it, "
                 "when, what changed and why — as soon as something is configured: a provider added on the "
                 "Providers page, a breaker switched on the Breakers page, or a config file applied with "
-                "controlroom config apply FILE.yaml. The demo runs on a built-in configuration, so it "
-                "changes nothing until you do."
+                "controlroom config apply FILE.yaml (the demo applies its own, audited as demo)."
             )
         elif not has_rows:
             self.empty.setText(

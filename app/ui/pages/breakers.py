@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.ui.editors.columns import ColumnFitter
 from app.ui.editors.export import export_table
 from app.ui.models.breakers_model import (
     COL_CAUSE,
@@ -429,7 +430,10 @@ class BreakersPage(QtWidgets.QWidget):
             self.table.setColumnWidth(col, metrics.horizontalAdvance(HEADERS[col]) + 28)
         self._preferred_widths = [self.table.columnWidth(c) for c in range(COL_CAUSE)]
         # A narrow window shrinks the two text columns (their full text is on hover), never scrolls sideways.
-        self.table.viewport().installEventFilter(self)
+        floor = metrics.horizontalAdvance("strong  (gpt-4o)") + 12
+        self.fitter = ColumnFitter(
+            self.table, self._preferred_widths, [(COL_FORCED, floor), (COL_TARGET, floor)]
+        )
 
         self.table.selectionModel().selectionChanged.connect(self._sync_switch_buttons)
         self.empty = EmptyState(spec.next_step)
@@ -467,6 +471,7 @@ class BreakersPage(QtWidgets.QWidget):
         self.transitions_stack.addWidget(self.no_transitions)
         lower_layout.addWidget(self.transitions_stack, 1)
 
+        self.lower = lower
         split = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.stack)
         split.addWidget(lower)
@@ -493,7 +498,10 @@ class BreakersPage(QtWidgets.QWidget):
 
     def refresh(self) -> None:
         store = self._store_getter()
-        if self._runner is None or store is None or self._busy:
+        if self._runner is None or self._busy:
+            return
+        if store is None:  # still opening: look again shortly, not at the next tick
+            QTimer.singleShot(300, self.refresh)
             return
         if not self.isVisible() and self.board is not None:
             return  # nobody is looking: read again when the page shows
@@ -533,9 +541,12 @@ class BreakersPage(QtWidgets.QWidget):
             + shown * self.table.verticalHeader().defaultSectionSize()
             + frame
         )
+        # No targets, no timeline: one message that says what to do, not three empty panes.
+        self.lower.setVisible(bool(board.rows))
         if not board.rows:
             self.empty.setText(
-                page_spec("breakers").next_step + " Or start the demo (controlroom ui --demo)."
+                "No targets yet. Add a provider and its targets on the Providers page, apply a config "
+                "file (controlroom config apply FILE.yaml), or start the demo (controlroom ui --demo)."
             )
         open_n = sum(1 for r in board.rows if r.state == "open")
         forced_n = sum(1 for r in board.rows if r.forced is not None)
@@ -560,29 +571,6 @@ class BreakersPage(QtWidgets.QWidget):
             f"No breaker changed state in the last {span}. Transitions and their causes are listed here."
         )
         self.transitions_stack.setCurrentWidget(self.transitions_view if n else self.no_transitions)
-
-    # -- columns ------------------------------------------------------------------------------
-    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
-        if watched is self.table.viewport() and event.type() == QtCore.QEvent.Type.Resize:
-            self.fit_columns()
-        return super().eventFilter(watched, event)
-
-    def fit_columns(self) -> None:
-        """Fit the columns to the table's width: Target and Forced give up width first."""
-        widths = list(self._preferred_widths)
-        # The last column (the cause, stretched) keeps its default width: its full text is on hover.
-        room = self.table.viewport().width() - self.table.horizontalHeader().defaultSectionSize()
-        shrinkable = (COL_FORCED, COL_TARGET)
-        floor = self.table.fontMetrics().horizontalAdvance("strong  (gpt-4o)") + 12
-        excess = sum(widths) - room
-        for col in shrinkable:
-            if excess <= 0:
-                break
-            give = min(excess, max(0, widths[col] - floor))
-            widths[col] -= give
-            excess -= give
-        for col, width in enumerate(widths):
-            self.table.setColumnWidth(col, width)
 
     # -- the operator's switch --------------------------------------------------------------
     def selected_target(self) -> str | None:

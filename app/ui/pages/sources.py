@@ -663,7 +663,7 @@ class SourcesPage(QtWidgets.QWidget):
         self.edit_button.clicked.connect(self.start_edit)
         self.pause_button = QtWidgets.QPushButton("&Pause")
         self.pause_button.clicked.connect(self.toggle_pause)
-        self.remove_button = QtWidgets.QPushButton("&Remove")
+        self.remove_button = QtWidgets.QPushButton("&Remove…")
         self.remove_button.clicked.connect(self.remove_selected)
         for button in (self.add_button, self.edit_button, self.pause_button, self.remove_button):
             actions.addWidget(button)
