@@ -1181,6 +1181,16 @@ class _AnthropicStream(_StreamWire):
 # --- running it ----------------------------------------------------------------------------
 
 
+def warm_up() -> None:
+    """Load before listening what the first request would otherwise wait for: the default tokenizer
+    (o200k_base, 1-2 s on first use) and the price table (0.3-0.6 s)."""
+    from app.core.pricing import price_call
+    from app.core.tokens import count_text
+
+    count_text("warm-up", "gpt-4o")
+    price_call("gpt-4o-mini", provider="openai", input_tokens=1, output_tokens=1)
+
+
 async def run_gateway(
     host: str,
     port: int,
@@ -1203,6 +1213,7 @@ async def run_gateway(
     check_listen(host, token)
     store = await asyncio.to_thread(open_store, store_url)
     try:
+        await asyncio.to_thread(warm_up)
         gateway = Gateway(store)
         await gateway.start()
         try:
