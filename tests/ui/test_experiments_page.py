@@ -298,3 +298,26 @@ targets:
         assert (run.status, run.done) == ("done", 6)
         assert all(r.status == "ok" for r in q.fetch_results(bare.engine, run.run_id))
         page.timer.stop()
+
+
+def test_f5_is_the_run_key(page: ExperimentsPage) -> None:
+    """ui.md: F5 re-runs the selected experiment (the button's key; offscreen key delivery to
+    shortcuts is not reliable, so the binding is what is checked here)."""
+    assert page.run_button.shortcut().toString() == "F5" and "F5" in page.run_button.toolTip()
+
+
+def test_comparison_differences_carry_their_units_and_no_minus_zero() -> None:
+    from app.experiments.stats import Comparison
+    from app.ui.models.experiments_model import comparison_difference
+
+    def comp(metric: str, diff: float, ci: tuple[float, float]) -> Comparison:
+        return Comparison("v2", "v1", metric, diff, ci, 0.5, "t", True, 12, False, False, False, "")
+
+    assert comparison_difference(comp("latency_ms", -0.4, (-3.2, 2.1))) == "0 ms [-3, 2]"
+    assert comparison_difference(comp("latency_ms", 12.6, (4.0, 20.0))) == "+13 ms [4, 20]"
+    assert (
+        comparison_difference(comp("cost_usd", 0.000009, (0.000009, 0.00001)))
+        == "+$0.000009 [$0.000009, $0.00001]"
+    )
+    assert comparison_difference(comp("cost_usd", -0.0042, (-0.005, -0.003))) == "-$0.0042 [-$0.005, -$0.003]"
+    assert comparison_difference(comp("pass_rate", 0.12, (0.04, 0.2))).startswith("+12 pts")

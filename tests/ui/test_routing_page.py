@@ -588,3 +588,10 @@ def test_ctrl_e_exports_the_configuration_as_a_file_config_apply_reads(
     config = parse_config(out.read_text(encoding="utf-8"))
     assert "default" in {r.name for r in config.routes}
     assert str(out) in page.result.text()
+
+
+def test_the_rules_fit_a_960_px_window_without_sideways_scrolling(page: RoutingPage, qtbot: Any) -> None:
+    page.resize(780, 560)  # the page's share of a 960 x 640 window
+    qtbot.waitUntil(lambda: page.scroll.viewport().width() < 600)
+    assert page.scroll.widget().minimumSizeHint().width() <= page.scroll.viewport().width()
+    assert not page.scroll.horizontalScrollBar().isVisible()

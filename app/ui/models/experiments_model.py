@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.core import format as fmt
 from app.experiments import report
 from app.experiments.runner import ExperimentRunner, Progress, RunOutcome, resolve_prompts
 from app.experiments.spec import (
@@ -379,6 +380,24 @@ class VariantsModel(QtCore.QAbstractTableModel):
         return None
 
 
+def comparison_difference(c: Comparison) -> str:
+    """The difference column with its unit on every number (ui.md: money always with its currency)
+    and no "-0": the report's text otherwise."""
+    if c.diff is None or c.metric not in ("latency_ms", "cost_usd"):
+        return report.comparison_row(c)[C_COL_DIFF]
+    if c.metric == "latency_ms":
+        # Whole milliseconds as ints: a float format writes -0.4 as "-0".
+        signed = round(c.diff)
+        text = f"{signed:+d} ms" if signed else "0 ms"
+        return text + (f" [{round(c.ci[0])}, {round(c.ci[1])}]" if c.ci else "")
+
+    def usd(v: float) -> str:
+        return ("-" if v < 0 else "") + fmt.fmt_usd(abs(v))
+
+    text = ("+" if c.diff > 0 else "") + usd(c.diff) if c.diff else "$0"
+    return text + (f" [{usd(c.ci[0])}, {usd(c.ci[1])}]" if c.ci else "")
+
+
 class ComparisonsModel(QtCore.QAbstractTableModel):
     """Each variant against the baseline, per metric: the difference, its interval, p and the test."""
 
@@ -407,6 +426,8 @@ class ComparisonsModel(QtCore.QAbstractTableModel):
             return None
         c, col = self._rows[index.row()], index.column()
         if role == Qt.ItemDataRole.DisplayRole:
+            if col == C_COL_DIFF:
+                return comparison_difference(c)
             return report.comparison_row(c)[col]
         if role == Qt.ItemDataRole.ToolTipRole:
             return c.sentence

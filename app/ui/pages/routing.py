@@ -244,6 +244,7 @@ class RuleCard(QtWidgets.QFrame):
         chain_head = QtWidgets.QHBoxLayout()
         chain_label = QtWidgets.QLabel("Chain — tried in order; a split picks one target by weight")
         chain_label.setObjectName("muted")
+        chain_label.setWordWrap(True)  # at 960 px it wraps rather than push the rules sideways
         chain_head.addWidget(chain_label, 1)
         self.add_target = QtWidgets.QPushButton("+ Target")
         self.add_target.setToolTip("Add a fallback target at the end of the chain")
