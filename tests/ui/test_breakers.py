@@ -129,7 +129,8 @@ def test_model_without_a_window(store: Store, qapp: object) -> None:
     assert model.index(fast, COL_REQUESTS).data() == "10 in 30 s"
     assert model.index(fast, COL_IN_STATE).data() == "19 min 29 s"
     assert model.index(fast, COL_TARGET).data() == "fast  (gpt-4o-mini)"
-    assert model.index(spare, COL_FORCED).data().startswith("open by ana, until")
+    forced = model.index(spare, COL_FORCED).data()
+    assert forced.startswith("open by ana, until") and forced.count(":") == 1  # HH:MM in the cell
     tip = model.index(spare, COL_STATE).data(Qt.ItemDataRole.ToolTipRole)
     assert "forced open by ana" in tip and "provider incident" in tip
     assert model.index(fast, COL_FORCED).data() == "auto"

@@ -384,7 +384,11 @@ class BreakersModel(QtCore.QAbstractTableModel):
         if col == COL_FORCED:
             if row.forced is None:
                 return "auto"
-            until = f", until {fmt_local(row.forced.expires_at)}" if row.forced.expires_at is not None else ""
+            # Minutes are enough in the cell (seconds are in the tooltip): it stays readable at 960 px.
+            expires = row.forced.expires_at
+            until = (
+                f", until {time.strftime('%H:%M', time.localtime(expires))}" if expires is not None else ""
+            )
             return f"{'open' if row.forced.state == 'force_open' else 'closed'} by {row.forced.actor}{until}"
         if col == COL_FAILURE_RATE:
             return fmt.fmt_percent(row.failure_rate)

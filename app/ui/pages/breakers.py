@@ -427,12 +427,16 @@ class BreakersPage(QtWidgets.QWidget):
         ):
             self.table.setColumnWidth(col, metrics.horizontalAdvance(sample) + 28)
         for col in range(COL_FORCED + 1, COL_CAUSE):
-            self.table.setColumnWidth(col, metrics.horizontalAdvance(HEADERS[col]) + 28)
+            self.table.setColumnWidth(col, metrics.horizontalAdvance(HEADERS[col]) + 20)
         self._preferred_widths = [self.table.columnWidth(c) for c in range(COL_CAUSE)]
-        # A narrow window shrinks the two text columns (their full text is on hover), never scrolls sideways.
+        # A narrow window shrinks the two text columns (their full text is on hover), never scrolls sideways:
+        # the model name goes first, the override (who, until when) last.
         floor = metrics.horizontalAdvance("strong  (gpt-4o)") + 12
         self.fitter = ColumnFitter(
-            self.table, self._preferred_widths, [(COL_FORCED, floor), (COL_TARGET, floor)]
+            self.table,
+            self._preferred_widths,
+            [(COL_TARGET, floor), (COL_FORCED, floor)],  # who forced it, until when, matters more
+            last=metrics.horizontalAdvance(HEADERS[COL_CAUSE]) + 24,  # its header stays whole
         )
 
         self.table.selectionModel().selectionChanged.connect(self._sync_switch_buttons)
