@@ -117,6 +117,15 @@ class EventRow(Base):
     __table_args__ = (
         # Keyset paging in time order: (ts_start, id) is the page cursor.
         Index("ix_events_ts_start_id", "ts_start", "id"),
+        # Prompt-filtered history is read from events (rollups have no prompt).  Partial: only
+        # requests that named a prompt pay for it on insert.
+        Index(
+            "ix_events_prompt_name_ts_start",
+            "prompt_name",
+            "ts_start",
+            sqlite_where=text("prompt_name IS NOT NULL"),
+            postgresql_where=text("prompt_name IS NOT NULL"),
+        ),
     )
 
 
