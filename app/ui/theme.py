@@ -142,7 +142,10 @@ def selected_text(c: Colors) -> str:
 
 
 def stylesheet(c: Colors) -> str:
+    # A selected row's text in the selection colour, whatever colour a cell asks for (a state in
+    # green or amber on the dark theme's light blue would not read).
     return f"""
+    QAbstractItemView::item:selected {{ color: {selected_text(c)}; }}
     QListWidget#rail {{ background: {c.rail}; color: {c.rail_text}; border: none; font-size: 13px;
                         padding-top: 6px; outline: 0; }}
     QListWidget#rail::item {{ padding: 7px 12px; border-left: 3px solid transparent; }}
