@@ -557,3 +557,15 @@ def test_ctrl_r_and_ctrl_e(qtbot: object, store: Store, tmp_path: Path) -> None:
     out = tmp_path / "config.yaml"
     page.export_visible(ask_path=lambda _what, _suggested: out)
     assert "late" in {p.name for p in parse_config(out.read_text(encoding="utf-8")).providers}
+
+
+def test_prices_read_as_money() -> None:
+    from app.ui.pages.providers import _fmt_price
+
+    assert [_fmt_price(v) for v in (2.5, 10, 0.075, 1.25, None)] == [
+        "$2.50",
+        "$10.00",
+        "$0.075",
+        "$1.25",
+        "list price",
+    ]

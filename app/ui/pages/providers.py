@@ -359,7 +359,9 @@ def _fmt_limit(rpm: int | None, tpm: int | None) -> str:
 def _fmt_price(value: Any) -> str:
     if value is None:
         return "list price"
-    return f"${float(value):.4g}"
+    price = float(value)
+    # Cents as money reads them ($2.50, not $2.5); finer prices keep their digits ($0.075).
+    return f"${price:.2f}" if round(price, 2) == price else f"${price:.4g}"
 
 
 class ProvidersModel(QtCore.QAbstractTableModel):
