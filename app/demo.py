@@ -649,7 +649,7 @@ class Demo:
         now = time.time() if now is None else now
         end_min = int(now // 60)
         start_min = end_min - int(hours * 60)
-        history = HistoryMaker(self.seed, per_minute=per_minute)
+        history = HistoryMaker(self.seed, per_minute=per_minute, prompt_v2_since=end_min * 60.0 - 6 * 3600.0)
         result = BackfillResult(since=start_min * 60.0, until=end_min * 60.0)
         writer = Pipeline(self.store)
         chunk: list[Event] = []
@@ -717,9 +717,10 @@ _DEGRADED = (19 * 60 + 30, 20 * 60 + 10)  # everything slow, some 5xx and timeou
 class HistoryMaker:
     """Events for one minute of the past, consistent with the demo routes and targets."""
 
-    def __init__(self, seed: int = 0, *, per_minute: float = 50.0) -> None:
+    def __init__(self, seed: int = 0, *, per_minute: float = 50.0, prompt_v2_since: float = 0.0) -> None:
         self.seed = seed
         self.per_minute = per_minute
+        self._prompt_v2_since = prompt_v2_since  # summaries before this used version 1 of the prompt
         self.models = {
             m.target: m
             for m in (
@@ -832,6 +833,10 @@ class HistoryMaker:
             input_tokens=input_tokens,
             breaker_state="open" if weather == "outage" and chain[0] in ("fast", "big") else "closed",
         )
+        if wl.route == "summarize" and not long_prompt:
+            # As live: summaries use the registry prompt; version 2 took over 6 hours ago.
+            ev.prompt_name = DEMO_PROMPT
+            ev.prompt_version = 2 if ts_start >= self._prompt_v2_since else 1
         if served is not None:
             ttft_s = _lognormal(rng, math.log(m.ttft_s * slow), 0.45) * (1.8 if long_prompt else 1.0)
             out = max(1, int(_lognormal(rng, math.log(min(wl.max_tokens, 140) * 0.6), 0.6)))

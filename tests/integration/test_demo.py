@@ -168,6 +168,19 @@ def test_backfill_writes_a_day_of_rollups_once(store: Store) -> None:
         rollup_totals(store.engine, since=now - 24 * 3600 + 3600, until=now - 23 * 3600 + 3600).requests > 0
     )
     assert rollup_totals(store.engine, since=now - 3600, until=now).requests > 0
+    # Summaries used the demo prompt: version 1 until six hours ago, version 2 since.
+    from app.demo import DEMO_PROMPT
+
+    switch = (int(now // 60) * 60.0) - 6 * 3600.0
+    v1 = count_events(store.engine, EventFilter(prompt_name=DEMO_PROMPT, prompt_version=1))
+    v2 = count_events(store.engine, EventFilter(prompt_name=DEMO_PROMPT, prompt_version=2))
+    assert v1 > 0 and v2 > 0
+    assert (
+        count_events(store.engine, EventFilter(prompt_name=DEMO_PROMPT, prompt_version=1, since=switch)) == 0
+    )
+    assert (
+        count_events(store.engine, EventFilter(prompt_name=DEMO_PROMPT, prompt_version=2, until=switch)) == 0
+    )
 
     # A second start five minutes later adds only the five new minutes (the last hour is enough to show it).
     second = demo.backfill(1, now=now + 300)
