@@ -430,12 +430,15 @@ class BreakersPage(QtWidgets.QWidget):
             self.table.setColumnWidth(col, metrics.horizontalAdvance(HEADERS[col]) + 20)
         self._preferred_widths = [self.table.columnWidth(c) for c in range(COL_CAUSE)]
         # A narrow window shrinks the two text columns (their full text is on hover), never scrolls sideways:
-        # the model name goes first, the override (who, until when) last.
+        # while a target is forced its override (who, until when) stays whole and the model name gives
+        # way; otherwise the column of "auto"s does.
         floor = metrics.horizontalAdvance("strong  (gpt-4o)") + 12
+        self._shrink_forced_first = [(COL_FORCED, floor), (COL_TARGET, floor)]
+        self._shrink_target_first = [(COL_TARGET, floor), (COL_FORCED, floor)]
         self.fitter = ColumnFitter(
             self.table,
             self._preferred_widths,
-            [(COL_TARGET, floor), (COL_FORCED, floor)],  # who forced it, until when, matters more
+            self._shrink_forced_first,
             last=metrics.horizontalAdvance(HEADERS[COL_CAUSE]) + 24,  # its header stays whole
         )
 
@@ -533,6 +536,9 @@ class BreakersPage(QtWidgets.QWidget):
         self.board = board
         self.error = ""
         self.model.set_board(board.rows)
+        any_forced = any(r.forced is not None for r in board.rows)
+        self.fitter.shrink = self._shrink_target_first if any_forced else self._shrink_forced_first
+        self.fitter.fit()
         self._sync_switch_buttons()
         self.transitions.set_transitions(board.transitions)
         self.timeline.set_board(board)
