@@ -610,7 +610,7 @@ class ExperimentsPage(QtWidgets.QWidget):
         checks = ", ".join(dict.fromkeys(c.label() for c in exp.default_asserts)) or "per case"
         self.summary.setText(
             f"{len(exp.variants)} variants: {prompts} on {', '.join(exp.targets)} · baseline {exp.baseline} · "
-            f"{len(exp.cases)} cases x {exp.repeat} · checks: {checks}"
+            f"{len(exp.cases)} cases x {exp.repeat} repetition{'' if exp.repeat == 1 else 's'} · checks: {checks}"
         )
         self.summary.setToolTip(exp.description or exp.source)
 
