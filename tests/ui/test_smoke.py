@@ -68,3 +68,15 @@ def test_version(tmp_path: Path) -> None:
     done = _run(["--version"], tmp_path)
     assert done.returncode == 0
     assert done.stdout.strip() == f"controlroom {__version__}"
+
+
+def test_size_opens_the_window_at_that_size(qapp: object, tmp_path: Path) -> None:
+    out = tmp_path / "narrow.png"
+    done = _run(
+        ["ui", "--smoke", "--page", "audit", "--size", "960x640", "--screenshot", str(out)], tmp_path / "h"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    image = _assert_real_picture(out)
+    assert (image.width(), image.height()) == (960, 640)
+    bad = _run(["ui", "--smoke", "--size", "wide"], tmp_path / "h")
+    assert bad.returncode == 2 and "not a window size like 960x640" in bad.stderr
