@@ -569,3 +569,24 @@ def test_prices_read_as_money() -> None:
         "$1.25",
         "list price",
     ]
+
+
+def test_a_forced_breaker_shows_on_its_target(store: Store) -> None:
+    """Who forced it, why and until when: on the Providers page too, not only on Breakers."""
+    import time as _time
+
+    from app.ui.pages.providers import T_NAME, TargetsModel
+
+    q.save_object(store.engine, "provider", {"name": "openai", "kind": "openai", "api_key_ref": "env:K"},
+                  actor="t", reason="", expected_revision=None)  # fmt: skip
+    for name in ("fast", "strong"):
+        q.save_object(store.engine, "target", {"name": name, "provider": "openai", "model": "gpt-4o-mini"},
+                      actor="t", reason="", expected_revision=None)  # fmt: skip
+    q.set_breaker_override(store.engine, "fast", "force_open", actor="ana", reason="provider incident",
+                           expires_at=_time.time() + 900)  # fmt: skip
+    model = TargetsModel()
+    model.set_rows(load_providers(store.engine).targets)
+    names = [model.index(r, T_NAME).data() for r in range(model.rowCount())]
+    assert names == ["fast · forced open", "strong"]
+    tip = model.index(0, T_NAME).data(Qt.ItemDataRole.ToolTipRole)
+    assert "forced open by ana until" in tip and "provider incident" in tip

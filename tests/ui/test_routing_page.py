@@ -595,3 +595,23 @@ def test_the_rules_fit_a_960_px_window_without_sideways_scrolling(page: RoutingP
     qtbot.waitUntil(lambda: page.scroll.viewport().width() < 600)
     assert page.scroll.widget().minimumSizeHint().width() <= page.scroll.viewport().width()
     assert not page.scroll.horizontalScrollBar().isVisible()
+
+
+def test_without_a_gateway_here_the_dry_run_shows_the_store_s_overrides(store: Store, qtbot: Any) -> None:
+    """A forced breaker shows wherever its target does: here from the store, which every gateway obeys."""
+    import time as _time
+
+    from storage.queries.control import set_breaker_override
+
+    set_breaker_override(store.engine, "fast", "force_open", actor="ana", reason="provider incident",
+                         expires_at=_time.time() + 900)  # fmt: skip
+    page = RoutingPage()
+    qtbot.addWidget(page)
+    page.attach_store(lambda: store, run_now)
+    page.timer.stop()
+    page.request.setPlainText("x-controlroom-feature: chat")
+    page.dry_button.click()
+    assert page.dry_answer is not None and page.dry_answer.decision.chain == ["fast", "strong"]
+    detail = page.dry_detail.text()
+    assert "fast: breaker forced open by ana until" in detail and "provider incident" in detail
+    assert "every gateway skips fast: a call goes to the next target in the chain" in detail

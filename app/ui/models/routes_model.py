@@ -364,6 +364,22 @@ def breaker_notes(chain: list[str], snapshots: Iterable[Any], on_all_open: str =
     return lines
 
 
+def override_notes(chain: list[str], overrides: Iterable[Any], now: float) -> list[str]:
+    """The operators' breaker overrides on a chain's targets (from the store: what every gateway obeys)."""
+    from app.ui.models.breakers_model import describe_override
+
+    by_target = {getattr(o, "target", None): o for o in overrides}
+    lines = [f"{t}: breaker {describe_override(by_target[t], now)}" for t in chain if t in by_target]
+    if not lines:
+        return []
+    skipped = [t for t in chain if t in by_target and by_target[t].state == "force_open"]
+    if skipped and len(skipped) < len(chain):
+        lines.append(f"every gateway skips {', '.join(skipped)}: a call goes to the next target in the chain")
+    elif skipped:
+        lines.append("every target of the chain is forced open: the route's all-open rule decides")
+    return lines
+
+
 # --- reading and saving ----------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from app.secrets import (
 )
 from app.ui.dialogs import require_keyring
 from app.ui.editors.export import export_config
+from app.ui.models.breakers_model import describe_override
 from app.ui.models.runner import Runner
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
@@ -49,6 +50,7 @@ from storage.queries.control import (
     StaleRevision,
     delete_object,
     get_object,
+    list_breaker_overrides,
     list_objects,
     save_object,
 )
@@ -189,6 +191,10 @@ def load_providers(engine: Any, gateway_config: Any = None) -> ProvidersView:
             )
         )
     targets.sort(key=lambda t: t["name"])
+    # A forced breaker shows wherever its target does (issue 7): who, why and until when.
+    forced = {o.target: o for o in list_breaker_overrides(engine)}
+    for t in targets:
+        t["_forced"] = forced.get(t["name"])
     return ProvidersView(rows, targets, backend, time.time(), builtin)
 
 
@@ -460,12 +466,22 @@ class TargetsModel(QtCore.QAbstractTableModel):
         col = index.column()
         if role == ROW_ROLE:
             return t
+        forced = t.get("_forced")
         if role == Qt.ItemDataRole.DisplayRole:
             if col == T_NAME:
-                return t["name"] if t["_in_store"] else f"{t['name']}  (built-in)"
+                name = t["name"] if t["_in_store"] else f"{t['name']}  (built-in)"
+                if forced is None:
+                    return name
+                return f"{name} · {'forced open' if forced.state == 'force_open' else 'forced closed'}"
             if col == T_MODEL:
                 return t["model"]
             return _fmt_price(t.get(PRICE_FIELDS[col - T_IN]))
+        if col == T_NAME and forced is not None:
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return "Breaker " + describe_override(forced, time.time())
+            if role == Qt.ItemDataRole.ForegroundRole:
+                colors = current_colors()
+                return QtGui.QColor(colors.bad if forced.state == "force_open" else colors.warn)
         list_price = col >= T_IN and t.get(PRICE_FIELDS[col - T_IN]) is None
         if role == Qt.ItemDataRole.ForegroundRole and (not t["_in_store"] or list_price):
             return QtGui.QColor(current_colors().muted)

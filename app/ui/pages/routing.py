@@ -38,7 +38,7 @@ from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
 from app.ui.qt import Qt, QtGui, QTimer, QtWidgets, Signal
 from app.ui.theme import current_colors
-from storage.queries.control import StaleRevision
+from storage.queries.control import StaleRevision, list_breaker_overrides
 
 Confirm = Callable[[str, str, str], bool]
 
@@ -1370,6 +1370,7 @@ class RoutingPage(QtWidgets.QWidget):
         self.dry_headline.setText("…")
 
         gateway = self._gateway_getter()
+        store = self._store_getter()
 
         def work() -> rm.DryRunAnswer:
             answer = rm.run_dry(route, given)
@@ -1380,6 +1381,9 @@ class RoutingPage(QtWidgets.QWidget):
                 except RuntimeError:  # its board changed while we read it: no live view this time
                     snapshots = []
             live = rm.breaker_notes(answer.decision.chain, snapshots, route.on_all_open.value)
+            if not live and store is not None:  # no gateway in this app: what the store tells every gateway
+                overrides = list_breaker_overrides(store.engine)
+                live = rm.override_notes(answer.decision.chain, overrides, time.time())
             return dataclasses.replace(answer, live=live)
 
         self._runner(work, self._on_dry, lambda exc: self.request_field.set_problem(f"dry run failed: {exc}"))
