@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from app import __version__
 
@@ -337,6 +338,16 @@ def _actor() -> str:
         return "unknown"
 
 
+def _fast_loop_factory() -> Any:
+    """uvloop's event loop where it is installed (not on Windows): the gateway's per-request
+    overhead is mostly the event loop's; else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def _cmd_gateway(args: argparse.Namespace) -> int:
     import asyncio
     import gc
@@ -383,7 +394,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         )
 
     try:
-        asyncio.run(serve())
+        with asyncio.Runner(loop_factory=_fast_loop_factory()) as runner:
+            runner.run(serve())
     except KeyboardInterrupt:
         pass
     except StoreError as exc:
