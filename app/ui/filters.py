@@ -134,9 +134,12 @@ class DimensionCombo(QtWidgets.QComboBox):
         super().__init__(parent, objectName=f"filter-{dim}")
         self.dim = dim
         self.setSizeAdjustPolicy(QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        # A prompt reads ``name@version``: room for a typical one before it elides.
-        self.setMinimumContentsLength(20 if dim == "prompt" else 9)
+        # A prompt reads ``name@version``: a little more room before it elides; everything fits 960 px.
+        self.setMinimumContentsLength(12 if dim == "prompt" else 8)
         self.view().setMinimumWidth(220)
+        # Below its preferred width a combo may give way (elided; the tooltip has it all), so the range
+        # and LIVE controls never overlap in a narrow window.
+        self.setMinimumWidth(64)
         self.setAccessibleName(f"Filter by {dim}")
         self.currentIndexChanged.connect(self._on_index)
         self._on_index()
