@@ -28,6 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
+from app.core.format import fmt_usd
+
 _N = NormalDist()
 Z95 = _N.inv_cdf(0.975)
 MCNEMAR_EXACT_BELOW = 25  # discordant pairs
@@ -488,7 +490,12 @@ def compare_values(
             else f"no clear difference in judge score between {name} and {base}"
         )
     else:
-        span = f"{diff:+.6f} USD per case [{ci[0]:.6f}, {ci[1]:.6f}]" if ci else f"{diff:+.6f} USD"
+        sign = "+" if diff >= 0 else ""
+        span = (
+            f"{sign}{fmt_usd(diff)} per case [{fmt_usd(ci[0])}, {fmt_usd(ci[1])}]"
+            if ci
+            else f"{sign}{fmt_usd(diff)} per case"
+        )  # dollars as the tables show them (ui.md numbers)
         word = ("costs less" if diff < 0 else "costs more") if significant else ""
         head = (
             f"{name} {word} than {base}"
