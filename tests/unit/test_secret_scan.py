@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -9,20 +10,23 @@ from tests.secret_scan import scan
 
 
 def test_a_key_in_a_store_file_log_or_export_is_found(tmp_path: Path) -> None:
-    db = tmp_path / "home" / "store.db"
-    db.parent.mkdir()
-    with sqlite3.connect(db) as conn:
-        conn.execute("create table t (v text)")
-        conn.execute("insert into t values ('Bearer sk-proj-Abc123Def456Ghi789')")
-    (tmp_path / "gateway.log").write_text("calling with sk-ant-test-engine-0001\n")
-    (tmp_path / "audit-export.json").write_text('{"after": {"api_key": "sk-live-0123456789"}}')
-    found = scan(tmp_path)
-    assert sorted(Path(f.rsplit(":", 1)[0]).name for f in found) == [
-        "audit-export.json",
-        "gateway.log",
-        "store.db",
-    ]
-    assert all("sk-" not in f for f in found)  # it says where, never the key
+    planted = tmp_path / "planted"
+    try:
+        db = planted / "home" / "store.db"
+        db.parent.mkdir(parents=True)
+        with sqlite3.connect(db) as conn:
+            conn.execute("create table t (v text)")
+            conn.execute("insert into t values ('Bearer sk-proj-Abc123Def456Ghi789')")
+        conn.close()
+        (planted / "gateway.log").write_text("calling with sk-ant-test-engine-0001\n")
+        (planted / "audit-export.json").write_text('{"after": {"api_key": "sk-live-0123456789"}}')
+        found = scan(planted)
+        names = sorted(Path(f.rsplit(":", 1)[0]).name for f in found)
+        assert names == ["audit-export.json", "gateway.log", "store.db"]
+        assert all("sk-" not in f for f in found)  # it says where, never the key
+    finally:
+        # Planted on purpose: gone before the end-of-run scan walks this directory.
+        shutil.rmtree(planted, ignore_errors=True)
 
 
 def test_inputs_a_test_wrote_and_clean_outputs_are_not_flagged(tmp_path: Path) -> None:
