@@ -21,7 +21,7 @@ from app.ui.models.quarantine_model import COL_EXCERPT, COL_REASON, COL_SOURCE, 
 from app.ui.models.runner import run_now
 from app.ui.models.sources_model import COL_QUARANTINED, COL_RATE, COL_STATE, SourcesModel, build_rows
 from app.ui.pages.sources import SourcesPage
-from app.ui.qt import Qt, QTimer, QtWidgets
+from app.ui.qt import Qt, QTimer, QtTest, QtWidgets
 from storage.engine import Store, open_store
 from storage.queries.compaction import dirty_blocks
 from storage.queries.control import get_control_version, list_audit, save_object
@@ -79,19 +79,24 @@ def report(name: str, kind: str = "jsonl", **kw: Any) -> SourceReport:
     return SourceReport(**values)
 
 
-def answer_next_question(qtbot: Any, button_text: str) -> None:
-    """Click ``button_text`` in the next message box, as the operator would."""
+def answer_next_question(qtbot: Any, button_text: str, reason: str = "") -> None:
+    """In the next question, type ``reason`` and click ``button_text``, as the operator would."""
+    from app.ui.editors.fields import ReasonBox
 
     def click() -> None:
         box = QtWidgets.QApplication.activeModalWidget()
-        if not isinstance(box, QtWidgets.QMessageBox):
+        if not isinstance(box, ReasonBox):
             QTimer.singleShot(20, click)
             return
-        for button in box.buttons():
+        if reason:
+            QtTest.QTest.keyClicks(box.reason, reason)
+        buttons = box.findChildren(QtWidgets.QPushButton)
+        for button in buttons:
             if button.text().replace("&", "") == button_text:
+                assert button.isEnabled(), f"{button_text!r} is not enabled (a reason is required)"
                 button.click()
                 return
-        raise AssertionError(f"no {button_text!r} button in {[b.text() for b in box.buttons()]}")
+        raise AssertionError(f"no {button_text!r} button in {[b.text() for b in buttons]}")
 
     QTimer.singleShot(0, click)
 
@@ -343,16 +348,17 @@ def test_pause_and_remove_ask_first_and_remove_can_be_undone(
     config = get_source_config(store.engine, "traces")
     assert config is not None and not config.paused
 
-    answer_next_question(qtbot, "Pause")
+    answer_next_question(qtbot, "Pause", reason="collector upgrade")
     qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)
     config = get_source_config(store.engine, "traces")
     assert config is not None and config.paused
+    assert list_audit(store.engine)[0].reason == "collector upgrade"  # the operator's words, audited
     assert page.model.row_at(0).state == "paused" and page.pause_button.text() == "Res&ume"
     qtbot.mouseClick(page.pause_button, Qt.MouseButton.LeftButton)  # resuming needs no question
     config = get_source_config(store.engine, "traces")
     assert config is not None and not config.paused
 
-    answer_next_question(qtbot, "Remove")
+    answer_next_question(qtbot, "Remove", reason="moved to the central collector")
     qtbot.mouseClick(page.remove_button, Qt.MouseButton.LeftButton)
     assert get_source_config(store.engine, "traces") is None
     assert page.undo_button.isVisible() and "Removed traces" in page.result.text()

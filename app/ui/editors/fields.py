@@ -163,3 +163,39 @@ def ask_confirmation(parent: QtWidgets.QWidget, title: str, text: str, ok: str) 
     box.setDefaultButton(cancel)
     box.exec()
     return box.clickedButton() is yes
+
+
+class ReasonBox(QtWidgets.QDialog):
+    """Says what an action will do and asks why (ui.md "Acting safely"); ``ok`` needs a reason."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None, title: str, text: str, ok: str) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(title)
+        self.setMinimumWidth(420)
+        layout = QtWidgets.QVBoxLayout(self)
+        head = QtWidgets.QLabel(title)
+        head.setStyleSheet("font-weight: 600;")
+        layout.addWidget(head)
+        what = QtWidgets.QLabel(text)
+        what.setWordWrap(True)
+        layout.addWidget(what)
+        self.reason = QtWidgets.QLineEdit()
+        self.reason.setPlaceholderText("why (kept in the audit log)")
+        self.reason.setAccessibleName("Reason")
+        layout.addWidget(self.reason)
+        buttons = QtWidgets.QDialogButtonBox(QtWidgets.QDialogButtonBox.StandardButton.Cancel)
+        self.ok = buttons.addButton(ok, QtWidgets.QDialogButtonBox.ButtonRole.AcceptRole)
+        self.ok.setEnabled(False)
+        self.reason.textChanged.connect(lambda t: self.ok.setEnabled(bool(t.strip())))
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        layout.addWidget(buttons)
+        self.reason.setFocus()
+
+
+def ask_reason(parent: QtWidgets.QWidget, title: str, text: str, ok: str) -> str | None:
+    """A modal question with a required reason: the reason, or ``None`` when the operator cancelled."""
+    box = ReasonBox(parent, title, text, ok)
+    if box.exec() != QtWidgets.QDialog.DialogCode.Accepted:
+        return None
+    return box.reason.text().strip() or None

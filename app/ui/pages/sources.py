@@ -30,6 +30,7 @@ from typing import Any
 from app.sources.collector import SETTINGS_BY_KIND, SourceReport, source_problems
 from app.sources.formats import FORMAT_NAMES
 from app.ui.editors.export import export_table
+from app.ui.editors.fields import ask_reason
 from app.ui.models.quarantine_model import (
     COL_EXCERPT,
     COL_POSITION,
@@ -632,8 +633,10 @@ class SourcesPage(QtWidgets.QWidget):
         self.providers: dict[str, str] = {}
         self.error = ""
         self.last_removed: SourceConfig | None = None
-        #: Answers "are you sure?" questions; a QMessageBox unless a test answers for the operator.
-        self.confirm: Callable[[str, str, str], bool] = self._confirm_box
+        #: Asks "are you sure, and why?" (title, text, ok label) -> the reason, or None when cancelled.
+        self.confirm: Callable[[str, str, str], str | None] = lambda title, text, ok: ask_reason(
+            self, title, text, ok
+        )
 
         spec = page_spec("sources")
         layout = QtWidgets.QVBoxLayout(self)
@@ -1164,12 +1167,11 @@ class SourcesPage(QtWidgets.QWidget):
             return
         config = row.config
         pause = not config.paused
-        if pause and not self.confirm(
-            f"Pause {config.name}?",
-            _pause_text(config),
-            "Pause",
-        ):
-            return
+        reason: str | None = "resumed on the Sources page"
+        if pause:
+            reason = self.confirm(f"Pause {config.name}?", _pause_text(config), "Pause")
+            if reason is None:
+                return
         actor = _who()
 
         def work() -> SourceConfig:
@@ -1179,7 +1181,7 @@ class SourcesPage(QtWidgets.QWidget):
                 pause,
                 expected_revision=config.revision,
                 actor=actor,
-                reason="paused on the Sources page" if pause else "resumed on the Sources page",
+                reason=reason,
             )
 
         def done(saved: SourceConfig) -> None:
@@ -1196,12 +1198,13 @@ class SourcesPage(QtWidgets.QWidget):
         if row is None or row.config is None or engine is None or self._runner is None:
             return
         config = row.config
-        if not self.confirm(
+        reason = self.confirm(
             f"Remove {config.name}?",
             f"The collector stops {config.name} now. Its read position and its {row.quarantined:,} quarantined "
             "records are kept, so adding it back resumes where it stopped. You can undo this right after.",
             "Remove",
-        ):
+        )
+        if reason is None:
             return
         actor = _who()
 
@@ -1211,7 +1214,7 @@ class SourcesPage(QtWidgets.QWidget):
                 config.name,
                 expected_revision=config.revision,
                 actor=actor,
-                reason="removed on the Sources page",
+                reason=reason,
             )
 
         def done(removed: SourceConfig | None) -> None:
@@ -1252,18 +1255,6 @@ class SourcesPage(QtWidgets.QWidget):
         self.result.setText(text)
         self.undo_button.setVisible(undo)
         self.status_message.emit(text)
-
-    def _confirm_box(self, title: str, text: str, ok_label: str) -> bool:
-        box = QtWidgets.QMessageBox(self)
-        box.setIcon(QtWidgets.QMessageBox.Icon.Question)
-        box.setWindowTitle(title)
-        box.setText(title)
-        box.setInformativeText(text)
-        ok = box.addButton(ok_label, QtWidgets.QMessageBox.ButtonRole.AcceptRole)
-        box.addButton(QtWidgets.QMessageBox.StandardButton.Cancel)
-        box.setDefaultButton(QtWidgets.QMessageBox.StandardButton.Cancel)
-        box.exec()
-        return box.clickedButton() is ok
 
 
 class _FieldError(Exception):
