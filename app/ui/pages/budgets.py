@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.core import format as fmt
 from app.core.budget import Budget, BudgetAction, parse_period
-from app.core.config import ControlConfig
 from app.ui.editors import FieldError, ProblemBanner, SaveBar, ask_confirmation, export_config
+from app.ui.editors.control_page import ControlObjectPage
 from app.ui.models import budgets_model as bm
 from app.ui.models import routes_model as rm
 from app.ui.models.runner import Runner
@@ -29,7 +29,6 @@ from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
 from app.ui.qt import Qt, QtCore, QtGui, QTimer, QtWidgets, Signal
 from app.ui.theme import Colors, current_colors
-from storage.queries.control import StaleRevision
 
 Confirm = Callable[[str, str, str], bool]
 
@@ -253,8 +252,10 @@ def _num(value: float | int | None) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-class BudgetsPage(QtWidgets.QWidget):
+class BudgetsPage(ControlObjectPage, QtWidgets.QWidget):
     """Budgets with their standing above; the selected budget's spend bar and editor below."""
+
+    KIND = "budget"
 
     status_message = Signal(str)
 
@@ -507,23 +508,6 @@ class BudgetsPage(QtWidgets.QWidget):
         self._set_editing(False)
 
     # -- store -----------------------------------------------------------------------
-    def attach_store(self, store: Any, runner: Runner, gateway: Any = None) -> None:
-        self._runner = runner
-        self._store_getter = store if callable(store) and not hasattr(store, "engine") else (lambda: store)
-        if gateway is not None:
-            self._gateway_getter = (
-                gateway if callable(gateway) and not hasattr(gateway, "state") else (lambda: gateway)
-            )
-        self.refresh()
-        self.timer.start()
-
-    def _gateway_config(self) -> ControlConfig | None:
-        gw = self._gateway_getter()
-        state = getattr(gw, "state", None)
-        if state is not None and getattr(state, "source", "") == "config":
-            return state.config  # type: ignore[no-any-return]
-        return None
-
     def _tick(self) -> None:
         if self.isVisible():
             self.refresh()
@@ -534,10 +518,6 @@ class BudgetsPage(QtWidgets.QWidget):
         if store is None or self._runner is None:
             return
         export_config(self, store.engine, self._runner, self._tell, what="budgets", ask_path=ask_path)
-
-    def _tell(self, text: str) -> None:
-        self.result.setText(text)
-        self.status_message.emit(text)
 
     def refresh(self, select: str | None = None) -> None:
         store = self._store_getter()
@@ -915,18 +895,6 @@ class BudgetsPage(QtWidgets.QWidget):
         self._sync_buttons()
         self.refresh(select=stored["name"])
 
-    def _on_save_error(self, exc: BaseException) -> None:
-        self._busy = False
-        if isinstance(exc, StaleRevision):
-            self.banner.show_message(f"Not saved: {exc}.", "error", "Reload")
-        elif isinstance(exc, rm.SaveRefused):
-            self.banner.show_message(
-                "Not saved: with this change the store's configuration would not load in the gateways:\n• "
-                + "\n• ".join(exc.problems)
-            )
-        else:
-            self.banner.show_message(f"Not saved: {exc}")
-
     def reload_current(self) -> None:
         if self.record is None:
             return
@@ -956,44 +924,8 @@ class BudgetsPage(QtWidgets.QWidget):
         )
         self.load_record(rec)
 
-    def delete(self) -> None:
-        rec = self.record
-        if rec is None or rec.revision is None or self._busy:
-            return
-        reason = self.save_bar.reason.text().strip()
-        if not reason:
-            self.save_bar.reason_field.set_problem("say why you delete it: the reason goes in the audit log")
-            self.save_bar.reason.setFocus()
-            return
-        if not self.confirm(
-            "Delete budget?",
-            f"Delete budget {rec.name}? Its limit stops applying in every gateway within a second "
-            "(its spend stays in the events).",
-            "Delete",
-        ):
-            return
-        store = self._store_getter()
-        if self._runner is None or store is None:
-            return
-        engine = store.engine
-        actor = getpass.getuser()
-        revision = rec.revision
-        self._busy = True
-
-        def work() -> None:
-            rm.delete_row(engine, "budget", rec.name, expected_revision=revision, actor=actor, reason=reason)
-
-        def done(_: Any) -> None:
-            self._busy = False
-            self.save_bar.reason.clear()
-            text = f"Deleted budget {rec.name} at {time.strftime('%H:%M:%S')}."
-            self.result.setText(text)
-            self.status_message.emit(text)
-            self.record = None
-            self._loaded_state = None
-            self.refresh()
-
-        self._runner(work, done, self._on_save_error)
+    def delete_consequence(self, name: str) -> str:
+        return "Its limit stops applying in every gateway within a second (its spend stays in the events)."
 
 
 def parse_period_ok(b: Budget) -> bool:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from app.core.config import ControlConfig
 from app.core.retry import RetryPolicy
 from app.core.routing import (
     CacheSettings,
@@ -32,13 +31,14 @@ from app.core.routing import (
     validate_route,
 )
 from app.ui.editors import FieldError, ProblemBanner, SaveBar, ask_confirmation, export_config
+from app.ui.editors.control_page import ControlObjectPage
 from app.ui.models import routes_model as rm
 from app.ui.models.runner import Runner
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
 from app.ui.qt import Qt, QtGui, QTimer, QtWidgets, Signal
 from app.ui.theme import current_colors
-from storage.queries.control import StaleRevision, list_breaker_overrides
+from storage.queries.control import list_breaker_overrides
 
 Confirm = Callable[[str, str, str], bool]
 
@@ -400,8 +400,10 @@ class RuleCard(QtWidgets.QFrame):
         self.summary.setText("— catch-all" if rule.when.unconditional else "")
 
 
-class RoutingPage(QtWidgets.QWidget):
+class RoutingPage(ControlObjectPage, QtWidgets.QWidget):
     """Routes on the left, the editor in the middle, the dry run and the YAML view on the right."""
+
+    KIND = "route"
 
     status_message = Signal(str)
 
@@ -695,26 +697,9 @@ class RoutingPage(QtWidgets.QWidget):
         self._set_editing(False)
 
     # -- store -----------------------------------------------------------------------
-    def attach_store(self, store: Any, runner: Runner, gateway: Any = None) -> None:
-        self._runner = runner
-        self._store_getter = store if callable(store) and not hasattr(store, "engine") else (lambda: store)
-        if gateway is not None:
-            self._gateway_getter = (
-                gateway if callable(gateway) and not hasattr(gateway, "state") else (lambda: gateway)
-            )
-        self.refresh()
-        self.timer.start()
-
     def _tick(self) -> None:
         if self.isVisible() and not self.dirty and not self._busy:
             self.refresh()
-
-    def _gateway_config(self) -> ControlConfig | None:
-        gw = self._gateway_getter()
-        state = getattr(gw, "state", None)
-        if state is not None and getattr(state, "source", "") == "config":
-            return state.config  # type: ignore[no-any-return]
-        return None
 
     def export_visible(self, ask_path: Any = None) -> None:
         """Ctrl+E: the store's configuration (routes with the rest) as a file `config apply` reads."""
@@ -722,10 +707,6 @@ class RoutingPage(QtWidgets.QWidget):
         if store is None or self._runner is None:
             return
         export_config(self, store.engine, self._runner, self._tell, what="routes", ask_path=ask_path)
-
-    def _tell(self, text: str) -> None:
-        self.result.setText(text)
-        self.status_message.emit(text)
 
     def refresh(self, select: str | None = None) -> None:
         store = self._store_getter()
@@ -1258,19 +1239,6 @@ class RoutingPage(QtWidgets.QWidget):
         self._sync_buttons()
         self.refresh(select=stored["name"])
 
-    def _on_save_error(self, exc: BaseException) -> None:
-        self._busy = False
-        if isinstance(exc, StaleRevision):
-            self.banner.show_message(f"Not saved: {exc}.", "error", "Reload")
-        elif isinstance(exc, rm.SaveRefused):
-            self.banner.show_message(
-                "Not saved: with this change the store's configuration would not load in the gateways:\n• "
-                + "\n• ".join(exc.problems)
-            )
-        else:
-            self.banner.show_message(f"Not saved: {exc}")
-        self.result.setText("")
-
     def reload_current(self) -> None:
         """Reload the route from the store (after a refused stale save): the edits are dropped."""
         if self.record is None:
@@ -1295,44 +1263,10 @@ class RoutingPage(QtWidgets.QWidget):
             return
         self.load_record(self.record)
 
-    def delete(self) -> None:
-        rec = self.record
-        if rec is None or rec.revision is None or self._busy:
-            return
-        reason = self.save_bar.reason.text().strip()
-        if not reason:
-            self.save_bar.reason_field.set_problem("say why you delete it: the reason goes in the audit log")
-            self.save_bar.reason.setFocus()
-            return
-        if not self.confirm(
-            "Delete route?",
-            f"Delete route {rec.name}? Requests that ask for {rec.name} will fail as an unknown route "
-            "(in every gateway, within a second).",
-            "Delete",
-        ):
-            return
-        store = self._store_getter()
-        if self._runner is None or store is None:
-            return
-        engine = store.engine
-        actor = getpass.getuser()
-        revision = rec.revision
-        self._busy = True
-
-        def work() -> None:
-            rm.delete_row(engine, "route", rec.name, expected_revision=revision, actor=actor, reason=reason)
-
-        def done(_: Any) -> None:
-            self._busy = False
-            self.save_bar.reason.clear()
-            text = f"Deleted route {rec.name} at {time.strftime('%H:%M:%S')}."
-            self.result.setText(text)
-            self.status_message.emit(text)
-            self.record = None
-            self._loaded_state = None
-            self.refresh()
-
-        self._runner(work, done, self._on_save_error)
+    def delete_consequence(self, name: str) -> str:
+        return (
+            f"Requests that ask for {name} will fail as an unknown route (in every gateway, within a second)."
+        )
 
     # -- dry run -------------------------------------------------------------------------
     def use_selected_event(self) -> None:
