@@ -40,9 +40,15 @@ FAULTS = [
 ]
 
 
-def adapters(sim: SimServer, **kw: Any) -> dict[str, ProviderAdapter]:
-    options = {"read_timeout": READ_TIMEOUT, "connect_timeout": 2.0, **kw}
-    return {
+#: The adapters' two paths over the aiohttp transport: through httpx's client, and ``direct`` (an
+#: explicit transport and ``trust_env=False``, how the gateway builds them: straight to the transport).
+#: Both must classify every outcome and fault alike.
+PATHS = pytest.mark.parametrize("direct", [False, True], ids=["client", "direct"])
+
+
+def adapters(sim: SimServer, *, direct: bool = False, **kw: Any) -> dict[str, ProviderAdapter]:
+    options = {"read_timeout": READ_TIMEOUT, "connect_timeout": 2.0, "trust_env": not direct, **kw}
+    found = {
         "openai": make_adapter(
             "openai", "sim-openai", sim.openai_base_url, OPENAI_KEY, transport=AiohttpTransport(), **options
         ),
@@ -55,6 +61,8 @@ def adapters(sim: SimServer, **kw: Any) -> dict[str, ProviderAdapter]:
             **options,
         ),
     }
+    assert all((a._direct is not None) is direct for a in found.values())  # the path under test
+    return found
 
 
 async def close_all(found: dict[str, ProviderAdapter]) -> None:
@@ -62,11 +70,12 @@ async def close_all(found: dict[str, ProviderAdapter]) -> None:
         await adapter.aclose()
 
 
+@PATHS
 @pytest.mark.parametrize("scenario", ["instant", "degraded", "flaky-stream"])
-def test_every_outcome_agrees_with_the_simulator(scenario: str) -> None:
+def test_every_outcome_agrees_with_the_simulator(scenario: str, direct: bool) -> None:
     async def go() -> None:
         async with SimServer(compressed(scenario), seed=11) as sim:
-            found = adapters(sim)
+            found = adapters(sim, direct=direct)
             try:
                 grouped = await run_mix(sim, found, 9)
             finally:
@@ -77,11 +86,14 @@ def test_every_outcome_agrees_with_the_simulator(scenario: str) -> None:
     asyncio.run(go())
 
 
+@PATHS
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
-def test_every_fault_is_classified_as_with_httpx(provider: str, stream: bool) -> None:
+def test_every_fault_is_classified_alike(provider: str, stream: bool, direct: bool) -> None:
     async def one(sim: SimServer, fault: str) -> tuple[str, Any]:
-        adapter = adapters(sim, extra_headers={"x-sim-fault": fault}, read_timeout=0.5)[provider]
+        adapter = adapters(sim, direct=direct, extra_headers={"x-sim-fault": fault}, read_timeout=0.5)[
+            provider
+        ]
         try:
             return fault, await call(adapter, requests_for(provider, 2)[1], stream)
         finally:
@@ -101,7 +113,8 @@ def test_every_fault_is_classified_as_with_httpx(provider: str, stream: bool) ->
     asyncio.run(go())
 
 
-def test_a_refused_connection_is_a_connection_error_and_keys_stay_out() -> None:
+@PATHS
+def test_a_refused_connection_is_a_connection_error_and_keys_stay_out(direct: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -114,6 +127,7 @@ def test_a_refused_connection_is_a_connection_error_and_keys_stay_out() -> None:
             "sk-test-refused-000000",
             connect_timeout=1.0,
             transport=AiohttpTransport(),
+            trust_env=not direct,
         )
         try:
             for stream in (False, True):
