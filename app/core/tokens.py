@@ -18,7 +18,7 @@ import importlib.resources
 import os
 import threading
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +89,7 @@ def get_encoding(name: str = DEFAULT_ENCODING) -> Any:
     return tiktoken.get_encoding(name)
 
 
+@lru_cache(maxsize=1024)
 def encoding_name_for_model(model: str) -> str:
     """The encoding tiktoken uses for an OpenAI model; o200k_base for anything it does not know."""
     import tiktoken.model
@@ -100,6 +101,7 @@ def encoding_name_for_model(model: str) -> str:
     return name if name in _ENCODING_FILES else DEFAULT_ENCODING
 
 
+@lru_cache(maxsize=1024)
 def is_estimate_for(model: str) -> bool:
     """tiktoken is exact only for OpenAI models; for others (Claude, Llama, ...) it is an estimate."""
     import tiktoken.model
@@ -109,6 +111,24 @@ def is_estimate_for(model: str) -> bool:
     except KeyError:
         return True
     return False
+
+
+#: Texts up to this many characters have their token count remembered (see :func:`_tokens`).
+_CACHED_TEXT_MAX = 16_384
+
+
+@lru_cache(maxsize=2048)
+def _cached_tokens(encoding: str, text: str) -> int:
+    return len(get_encoding(encoding).encode(text, disallowed_special=()))
+
+
+def _tokens(encoding: str, text: str) -> int:
+    """Tokens of ``text``.  Counted on every gateway request before the call, and most of a request's
+    text repeats from call to call (a feature's system prompt, few-shot examples, roles): a text up
+    to 16 K characters is counted once and remembered (at most 2,048 of them, so at most ~32 MB)."""
+    if len(text) <= _CACHED_TEXT_MAX:
+        return _cached_tokens(encoding, text)
+    return len(get_encoding(encoding).encode(text, disallowed_special=()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +165,13 @@ def count_messages(
 ) -> TokenCount:
     """Input tokens of a chat request, counted the way OpenAI bills them."""
     name = encoding_name_for_model(model)
-    enc = get_encoding(name)
     total = _REPLY_PRIMING
     if system:
-        total += _TOKENS_PER_MESSAGE + len(enc.encode(system, disallowed_special=()))
+        total += _TOKENS_PER_MESSAGE + _tokens(name, system)
     for message in messages:
         total += _TOKENS_PER_MESSAGE
-        total += len(enc.encode(_message_text(message.get("content")), disallowed_special=()))
-        total += len(enc.encode(str(message.get("role", "")), disallowed_special=()))
+        total += _tokens(name, _message_text(message.get("content")))
+        total += _tokens(name, str(message.get("role", "")))
         if message.get("name"):
-            total += _TOKENS_PER_NAME + len(enc.encode(str(message["name"]), disallowed_special=()))
+            total += _TOKENS_PER_NAME + _tokens(name, str(message["name"]))
     return TokenCount(total, is_estimate_for(model), name)

@@ -52,6 +52,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from app.core.event import Failure
@@ -541,8 +542,8 @@ def anthropic_request(body: Mapping[str, Any], headers: Mapping[str, str]) -> Ga
 # --- answers -------------------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+_dumps = msgspec.json.encode  # compact UTF-8 JSON; about 5x json.dumps
+_loads = msgspec.json.decode
 
 
 _OPENAI_FINISH = {
@@ -805,8 +806,8 @@ class GatewayServer:
         except web.HTTPRequestEntityTooLarge:
             raise self._too_large(None) from None
         try:
-            data = json.loads(raw)
-        except ValueError:
+            data = _loads(raw)
+        except ValueError:  # msgspec.DecodeError is one
             raise _bad("the request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise _bad("the request body must be a JSON object")

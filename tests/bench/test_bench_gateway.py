@@ -17,6 +17,10 @@ LLM call takes hundreds of milliseconds, so 200 requests in flight is a few hund
 request spread over one upstream latency so they do not move in lock-step waves (a real crowd of
 callers does not either).  The difference of the two p50s and p99s is the gateway's added latency.
 Also printed: the latency of a fresh gateway's very first request (what it loads on first use).
+``test_bench_overhead_open_loop`` asks the same with an open loop (Poisson arrivals at 400/s, so 200
+in flight on average): with a closed loop and an upstream of fixed latency, any stall makes the
+requests it delayed finish, and so come back, together every 0.5 s for the rest of the run; an open
+loop shows the gateway's cost without that echo.
 Judge it on a quiet machine (the load average is printed): the gateway path has one more process
 to be woken and scheduled per call, so other work on the cores shows up as "added" latency.
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import re
 import signal
 import statistics
@@ -277,6 +282,62 @@ async def _load(
     return Run(latencies, gateway_ms, seconds, targets, errors)
 
 
+async def _load_open(url: str, model: str, rate: float, n: int, *, warmup: int, seed: int) -> Run:
+    """Open loop: ``warmup + n`` requests sent at Poisson arrival times (``rate`` per second, from a
+    seeded generator, so a direct run and a gateway run send on the same schedule), each measured
+    from its send to its answer.  Against an upstream with latency L, ``rate * L`` requests are in
+    flight on average (Little's law): 400/s against 0.5 s is 200 concurrent.
+
+    Unlike a closed loop, a request's send time does not depend on when an earlier one finished, so
+    a single stall anywhere does not turn into a wave that comes back every L seconds for the rest
+    of the run (with a closed loop and a fixed-latency upstream it does: the stalled requests finish
+    together, are re-sent together, and hit the gateway together L later, again and again).
+    """
+    rng = random.Random(seed)
+    offsets: list[float] = []
+    t_next = 0.0
+    for _ in range(warmup + n):
+        t_next += rng.expovariate(rate)
+        offsets.append(t_next)
+    body = json.dumps({**BODY, "model": model}).encode()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-key"}
+    connector = aiohttp.TCPConnector(limit=0)
+    latencies: list[float] = []
+    gateway_ms: list[float] = []
+    targets: dict[str, int] = {}
+    errors: dict[int, int] = {}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        endpoint = url + "/v1/chat/completions"
+
+        async def one(record: bool) -> None:
+            t = time.perf_counter()
+            async with session.post(endpoint, data=body, headers=headers) as r:
+                await r.read()
+                timing = r.headers.get("server-timing")
+                target = r.headers.get("x-controlroom-target", "-")
+            done = time.perf_counter()
+            if r.status != 200:
+                errors[r.status] = errors.get(r.status, 0) + 1
+            if record:
+                latencies.append((done - t) * 1000.0)
+                if timing:
+                    m = _TIMING.search(timing)
+                    if m:
+                        gateway_ms.append(float(m.group(1)))
+                targets[target] = targets.get(target, 0) + 1
+
+        tasks: list[asyncio.Task[None]] = []
+        start = time.perf_counter()
+        for i, at in enumerate(offsets):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i >= warmup)))
+        await asyncio.gather(*tasks)
+    seconds = (offsets[-1] - offsets[warmup]) * n / max(n - 1, 1)
+    return Run(latencies, gateway_ms, seconds, targets, errors)
+
+
 def _load_average() -> str:
     try:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -375,6 +436,41 @@ def test_bench_overhead_realistic_upstream(steady_sim: Proc, gateway: Proc) -> N
         f"gateway's own time per request (server-timing): p50 {_quantile(own, 0.5):.2f} ms, "
         f"p99 {_quantile(own, 0.99):.2f} ms; answered by {served}; non-200 answers: {failed or 'none'}\n"
         f"a fresh gateway's first request (instant upstream): {gateway.first_ms:.0f} ms\n"
+    )
+
+
+OPEN_RATE = STEADY_CONCURRENCY / STEADY_LATENCY_S  # 400/s: 200 in flight on average
+OPEN_ROUNDS = 2
+OPEN_REQUESTS = 2000
+
+
+def test_bench_overhead_open_loop(steady_sim: Proc, gateway: Proc) -> None:
+    """The same question with an open loop: Poisson arrivals at 400/s against the 0.5 s upstream
+    (200 in flight on average), the same seeded schedule for the direct and the gateway run."""
+    load = _load_average()
+    direct: list[Run] = []
+    through: list[Run] = []
+    for r in range(OPEN_ROUNDS):
+        for side in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
+            url, model = (steady_sim.url, "gpt-4o-mini") if side == "direct" else (gateway.url, "steady")
+            run = asyncio.run(_load_open(url, model, OPEN_RATE, OPEN_REQUESTS, warmup=STEADY_WARMUP, seed=r))
+            (direct if side == "direct" else through).append(run)
+    d_all = [x for run in direct for x in run.latencies_ms]
+    g_all = [x for run in through for x in run.latencies_ms]
+    d50, d99, g50, g99 = (
+        _quantile(d_all, 0.5),
+        _quantile(d_all, 0.99),
+        _quantile(g_all, 0.5),
+        _quantile(g_all, 0.99),
+    )
+    print(
+        f"\n\nGateway overhead, open loop: Poisson arrivals at {OPEN_RATE:.0f}/s against the steady "
+        f"{STEADY_LATENCY_S * 1000:.0f} ms upstream ({OPEN_RATE * STEADY_LATENCY_S:.0f} in flight on average), "
+        f"{OPEN_ROUNDS} rounds x {OPEN_REQUESTS} recorded requests per side; load average before: {load}\n"
+        f"direct  p50 {d50:.2f} ms  p99 {d99:.2f} ms\n"
+        f"gateway p50 {g50:.2f} ms  p99 {g99:.2f} ms\n"
+        f"added   p50 {g50 - d50:.2f} ms  p99 {g99 - d99:.2f} ms "
+        f"(per round: {', '.join(f'{g.q(0.5) - d.q(0.5):.2f}/{g.q(0.99) - d.q(0.99):.2f}' for d, g in zip(direct, through, strict=True))} ms)\n"
     )
 
 

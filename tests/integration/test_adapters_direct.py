@@ -75,3 +75,83 @@ def test_the_direct_path_sends_what_the_client_sends(kind: str) -> None:
         assert direct == via_client
     assert client_path[0][2]["accept"] != client_path[1][2]["accept"]  # per-call headers win over defaults
     assert client_path[0][2]["x-team"] == "ops"
+
+
+_ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "compressed hello"}, "finish_reason": "stop"}
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+}
+
+
+def _encoded(encoding: str) -> bytes:
+    import gzip
+    import zlib
+
+    raw = json.dumps(_ANSWER).encode()
+    if encoding == "gzip":
+        return gzip.compress(raw)
+    if encoding == "deflate":
+        return zlib.compress(raw)
+    if encoding == "raw-deflate":
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return c.compress(raw) + c.flush()
+    if encoding == "broken-gzip":
+        return b"\x1f\x8b\x08\x00not really gzip"
+    return raw
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip", "deflate", "raw-deflate", "broken-gzip"])
+def test_the_direct_path_decodes_answers_as_httpx_does(encoding: str) -> None:
+    """The gateway's non-streaming path reads answers without httpx's response object, so it decodes
+    content-encodings itself: the same text as the client path, and a body that does not decode is
+    the same server_error on both."""
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        header = {"identity": "identity", "raw-deflate": "deflate", "broken-gzip": "gzip"}.get(
+            encoding, encoding
+        )
+        return web.Response(
+            body=_encoded(encoding),
+            headers={"content-type": "application/json", "content-encoding": header},
+        )
+
+    outcomes: list[Any] = []
+
+    async def go() -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", answer)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+        try:
+            for trust_env in (True, False):
+                adapter = make_adapter(
+                    "openai", "enc", base, OPENAI_KEY, trust_env=trust_env, transport=AiohttpTransport()
+                )
+                assert (adapter._whole is None) is trust_env
+                try:
+                    outcomes.append(await call(adapter, requests_for("openai", 1)[0], False))
+                finally:
+                    await adapter.aclose()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(go())
+    via_client, direct = outcomes
+    if encoding == "broken-gzip":
+        for outcome in outcomes:
+            assert isinstance(outcome, ProviderError), outcome
+            assert outcome.failure is Failure.SERVER_ERROR and outcome.error_type == "invalid_response"
+    else:
+        assert not isinstance(direct, ProviderError), direct
+        assert direct.text == via_client.text == "compressed hello"
+        assert direct.usage == via_client.usage

@@ -848,3 +848,42 @@ def test_the_writer_keeps_events_while_the_store_refuses_them_and_orders_its_job
     assert out["first"] == 50, "a job sees every event queued before it"
     assert out["pending_while_down"] == 30
     assert out["after"] == 80 and out["written"] == 80 and out["dropped"] == 0
+
+
+def test_the_writer_gathers_a_trickle_of_events_into_few_transactions(store: Store) -> None:
+    """At a few hundred requests/s events arrive one at a time; the writer lets them gather for its
+    linger instead of committing every few events.  A flush cuts the wait short (here the linger is
+    30 s, so a flush that waited it out would time out), and a linger that runs out writes too."""
+
+    def event(model: str) -> Event:
+        now = time.time()
+        return Event(ts_start=now, ts_end=now, provider="p", model=model)
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        writer = StoreWriter(store, linger_s=30.0)
+        writer.start()
+        try:
+            for i in range(60):
+                writer.enqueue(event(f"m{i}"))
+                await asyncio.sleep(0.001)
+            await asyncio.wait_for(writer.flush(), 10.0)
+            out["flushed"], out["batches"] = count_events(store.engine), writer.batches
+        finally:
+            await writer.aclose()
+        short = StoreWriter(store, linger_s=0.05)
+        short.start()
+        try:
+            for i in range(5):
+                short.enqueue(event(f"s{i}"))
+            out["by_itself"] = await wait_for(lambda: short.written == 5, 5.0)
+            out["short_batches"] = short.batches
+        finally:
+            await short.aclose()
+        out["count"] = count_events(store.engine)
+        return out
+
+    out = run(main)
+    assert out["flushed"] == 60 and out["batches"] == 1, out
+    assert out["by_itself"] and out["short_batches"] == 1, out
+    assert out["count"] == 65
