@@ -44,6 +44,8 @@ from its ``server-timing`` header (its wall time minus the provider call's), at 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import os
 import random
@@ -338,6 +340,26 @@ async def _load_open(url: str, model: str, rate: float, n: int, *, warmup: int, 
     return Run(latencies, gateway_ms, seconds, targets, errors)
 
 
+@contextlib.contextmanager
+def _no_gc_pauses() -> Iterator[None]:
+    """The load generator's own garbage collector off while it measures (as ``timeit`` does): a full
+    pass over this pytest process's heap takes tens of milliseconds, and whichever run it lands in,
+    direct or gateway, would show it as latency of the server."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _measure(coro: Any) -> Run:
+    """``asyncio.run(coro)`` with the load generator's collector paused (:func:`_no_gc_pauses`)."""
+    with _no_gc_pauses():
+        result: Run = asyncio.run(coro)
+    return result
+
+
 def _load_average() -> str:
     try:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -361,7 +383,7 @@ def test_bench_overhead_realistic_upstream(steady_sim: Proc, gateway: Proc) -> N
         for side in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
             if side == "direct":
                 direct.append(
-                    asyncio.run(
+                    _measure(
                         _load(
                             steady_sim.url,
                             "gpt-4o-mini",
@@ -375,7 +397,7 @@ def test_bench_overhead_realistic_upstream(steady_sim: Proc, gateway: Proc) -> N
                 continue
             cpu0 = _cpu_seconds(gateway.pid)
             through.append(
-                asyncio.run(
+                _measure(
                     _load(gateway.url, "steady", conc, n, warmup=STEADY_WARMUP, stagger_s=STEADY_LATENCY_S)
                 )
             )
@@ -453,7 +475,7 @@ def test_bench_overhead_open_loop(steady_sim: Proc, gateway: Proc) -> None:
     for r in range(OPEN_ROUNDS):
         for side in ("direct", "gateway") if r % 2 == 0 else ("gateway", "direct"):
             url, model = (steady_sim.url, "gpt-4o-mini") if side == "direct" else (gateway.url, "steady")
-            run = asyncio.run(_load_open(url, model, OPEN_RATE, OPEN_REQUESTS, warmup=STEADY_WARMUP, seed=r))
+            run = _measure(_load_open(url, model, OPEN_RATE, OPEN_REQUESTS, warmup=STEADY_WARMUP, seed=r))
             (direct if side == "direct" else through).append(run)
     d_all = [x for run in direct for x in run.latencies_ms]
     g_all = [x for run in through for x in run.latencies_ms]
@@ -479,9 +501,9 @@ def test_bench_added_latency_and_throughput(sim: Proc, gateway: Proc) -> None:
     rows = []
     for conc in CONCURRENCY:
         n = REQUESTS[conc]
-        direct = asyncio.run(_load(sim.url, "gpt-4o-mini", conc, n))
+        direct = _measure(_load(sim.url, "gpt-4o-mini", conc, n))
         cpu0 = _cpu_seconds(gateway.pid)
-        through = asyncio.run(_load(gateway.url, "default", conc, n))
+        through = _measure(_load(gateway.url, "default", conc, n))
         cpu1 = _cpu_seconds(gateway.pid)
         cpu_ms = (
             (cpu1 - cpu0) * 1000.0 / (n + WARMUP) if cpu0 is not None and cpu1 is not None else float("nan")
@@ -696,7 +718,7 @@ def test_bench_server_stack_choice(env: dict[str, str]) -> None:
 
             asyncio.run(wait_up())
             results[kind] = [
-                asyncio.run(_load(url, "default", conc, REQUESTS[conc] // 2)) for conc in CONCURRENCY
+                _measure(_load(url, "default", conc, REQUESTS[conc] // 2)) for conc in CONCURRENCY
             ]
         finally:
             _stop(proc, signal.SIGINT)
