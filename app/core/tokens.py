@@ -114,10 +114,10 @@ def is_estimate_for(model: str) -> bool:
 
 
 #: Texts up to this many characters have their token count remembered (see :func:`_tokens`).
-_CACHED_TEXT_MAX = 16_384
+_CACHED_TEXT_MAX = 8_192
 
 
-@lru_cache(maxsize=2048)
+@lru_cache(maxsize=1024)
 def _cached_tokens(encoding: str, text: str) -> int:
     return len(get_encoding(encoding).encode(text, disallowed_special=()))
 
@@ -125,7 +125,7 @@ def _cached_tokens(encoding: str, text: str) -> int:
 def _tokens(encoding: str, text: str) -> int:
     """Tokens of ``text``.  Counted on every gateway request before the call, and most of a request's
     text repeats from call to call (a feature's system prompt, few-shot examples, roles): a text up
-    to 16 K characters is counted once and remembered (at most 2,048 of them, so at most ~32 MB)."""
+    to 8 K characters is counted once and remembered (at most 1,024 of them: 8 M characters at worst)."""
     if len(text) <= _CACHED_TEXT_MAX:
         return _cached_tokens(encoding, text)
     return len(get_encoding(encoding).encode(text, disallowed_special=()))

@@ -81,3 +81,16 @@ def test_override_prices_negotiated_rates() -> None:
     )
     assert p.source == "override"
     assert math.isclose(p.cost_usd or 0, 21.0)
+
+
+def test_remembered_and_long_texts_count_as_tiktoken_does() -> None:
+    """Short texts' counts are remembered, texts over the limit are counted each time: both exact."""
+    enc = tokens.get_encoding("o200k_base")
+    short = "You are a concise assistant for an operations team. " * 20
+    long = "Summarise the incident timeline, naming every service involved. " * 200
+    assert len(short) <= tokens._CACHED_TEXT_MAX < len(long)
+    for text in (short, long):
+        want = 3 + 3 + len(enc.encode(text)) + len(enc.encode("user"))
+        first = tokens.count_messages([{"role": "user", "content": text}], "gpt-4o").tokens
+        again = tokens.count_messages([{"role": "user", "content": text}], "gpt-4o").tokens
+        assert first == again == want
