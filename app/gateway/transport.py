@@ -134,22 +134,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeout = _client_timeout(request.extensions.get("timeout") or {})
-        headers = [
-            (k.decode("latin-1"), v.decode("latin-1"))
-            for k, v in request.headers.raw
-            if k.lower() not in _DROP
-        ]
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's own per-request timeouts)
+    ) -> aiohttp.ClientResponse:
+        """Send and wait for the answer's head; aiohttp's failures raised as httpx's."""
         try:
-            body = request.content
-        except httpx.RequestNotRead:
-            body = await request.aread()
-        session = self._client()
-        try:
-            response = await session.request(
-                request.method,
-                str(request.url),
+            return await self._client().request(
+                method,
+                url,
                 headers=headers,
                 data=body or None,
                 timeout=timeout,
@@ -162,6 +159,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.InvalidURL(str(exc)) from None
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise _read_error(exc) from None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = _client_timeout(request.extensions.get("timeout") or {})
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in request.headers.raw
+            if k.lower() not in _DROP
+        ]
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = await request.aread()
+        response = await self._send(request.method, str(request.url), headers, body, timeout)
         return httpx.Response(
             response.status,
             headers=list(response.raw_headers),
@@ -182,23 +192,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         httpx's models and headers were about a fifth of the gateway's CPU per request.  A body in
         an encoding zlib does not speak (br, zstd) comes back as an ``httpx.Response`` httpx decoded.
         """
-        session = self._client()
-        try:
-            response = await session.request(
-                "POST",
-                url,
-                headers={k: v for k, v in headers.items() if k.lower() not in _DROP_STR},
-                data=body or None,
-                timeout=_client_timeout(http_timeout.as_dict()),
-                allow_redirects=False,
-                compress=None,
-            )
-        except aiohttp.ClientConnectorError as exc:
-            raise _connect_error(exc) from None
-        except aiohttp.InvalidURL as exc:
-            raise httpx.InvalidURL(str(exc)) from None
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise _read_error(exc) from None
+        response = await self._send(
+            "POST",
+            url,
+            [(k, v) for k, v in headers.items() if k.lower() not in _DROP_STR],
+            body,
+            _client_timeout(http_timeout.as_dict()),
+        )
         try:
             raw = await response.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

@@ -462,8 +462,7 @@ class ProviderAdapter(ABC):
         # response objects (non-streaming chat): about a fifth of the gateway's CPU per request.
         self._whole: Any = self._direct if hasattr(self._direct, "post_whole") else None
         self._default_headers: dict[str, str] = dict(self._client.headers.items())  # keys lower-case
-        self._urls: dict[str, httpx.URL] = {}
-        self._whole_urls: dict[str, str] = {}
+        self._urls: dict[str, tuple[httpx.URL, str]] = {}  # path -> the URL, and as text
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, base_url={_safe_url(self.base_url)!r})"
@@ -615,19 +614,28 @@ class ProviderAdapter(ABC):
             raise self._http_error(response, response.content)
         return response
 
+    def _target(
+        self, path: str, headers: Mapping[str, str] | None
+    ) -> tuple[tuple[httpx.URL, str], Mapping[str, str]]:
+        """Where a direct call goes (the URL, and as text) and its headers: the client's defaults,
+        then ``headers`` (keys lower-cased), as the client would merge them."""
+        url = self._urls.get(path)
+        if url is None:
+            # The client's rule: base_url ends in one "/" and the path's leading "/" goes.
+            u = httpx.URL(f"{self.base_url}/{path.lstrip('/')}")
+            url = self._urls[path] = (u, str(u))
+        merged = self._default_headers
+        if headers:
+            merged = {**merged, **{k.lower(): v for k, v in headers.items()}}
+        return url, merged
+
     def _direct_request(
         self, path: str, headers: Mapping[str, str], content: bytes, http_timeout: httpx.Timeout
     ) -> httpx.Request:
         """A POST to ``base_url + path`` as the client would build it (its headers, then ``headers``)."""
-        url = self._urls.get(path)
-        if url is None:
-            # The client's rule: base_url ends in one "/" and the path's leading "/" goes.
-            url = self._urls[path] = httpx.URL(f"{self.base_url}/{path.lstrip('/')}")
-        merged = self._default_headers
-        if headers:
-            merged = {**merged, **{k.lower(): v for k, v in headers.items()}}
+        url, merged = self._target(path, headers)
         return httpx.Request(
-            "POST", url, headers=merged, content=content, extensions={"timeout": http_timeout.as_dict()}
+            "POST", url[0], headers=merged, content=content, extensions={"timeout": http_timeout.as_dict()}
         )
 
     async def _post_whole(
@@ -635,14 +643,9 @@ class ProviderAdapter(ABC):
     ) -> Any:
         """:meth:`_send_direct` through the transport's ``post_whole``: the same URL and headers,
         HTTP errors as ProviderErrors; the answer has ``status_code``, ``headers`` and ``content``."""
-        url = self._whole_urls.get(path)
-        if url is None:
-            url = self._whole_urls[path] = str(httpx.URL(f"{self.base_url}/{path.lstrip('/')}"))
-        merged = self._default_headers
-        if headers:
-            merged = {**merged, **{k.lower(): v for k, v in headers.items()}}
+        url, merged = self._target(path, headers)
         try:
-            response = await self._whole.post_whole(url, merged, content, http_timeout)
+            response = await self._whole.post_whole(url[1], merged, content, http_timeout)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
         if response.status_code >= 400:

@@ -232,6 +232,43 @@ class Run:
 _TIMING = re.compile(r"gateway;dur=([0-9.]+)")
 
 
+class _Recorder:
+    """Sends one chat request at a time on ``session`` and records what the answer says; both the
+    closed and the open loop measure through it."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, model: str) -> None:
+        self.session = session
+        self.endpoint = url + "/v1/chat/completions"
+        self.body = json.dumps({**BODY, "model": model}).encode()
+        self.headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-key"}
+        self.latencies: list[float] = []
+        self.gateway_ms: list[float] = []
+        self.targets: dict[str, int] = {}
+        self.errors: dict[int, int] = {}
+        self.span = [float("inf"), 0.0]  # first and last recorded send
+
+    async def one(self, record: bool) -> None:
+        t = time.perf_counter()
+        async with self.session.post(self.endpoint, data=self.body, headers=self.headers) as r:
+            await r.read()
+            timing = r.headers.get("server-timing")
+            target = r.headers.get("x-controlroom-target", "-")
+        done = time.perf_counter()
+        if r.status != 200:
+            self.errors[r.status] = self.errors.get(r.status, 0) + 1  # counted, and the latency still kept
+        if record:
+            self.latencies.append((done - t) * 1000.0)
+            self.span[0], self.span[1] = min(self.span[0], t), max(self.span[1], t)
+            if timing:
+                m = _TIMING.search(timing)
+                if m:
+                    self.gateway_ms.append(float(m.group(1)))
+            self.targets[target] = self.targets.get(target, 0) + 1
+
+    def run(self, seconds: float) -> Run:
+        return Run(self.latencies, self.gateway_ms, seconds, self.targets, self.errors)
+
+
 async def _load(
     url: str, model: str, concurrency: int, n: int, *, warmup: int = WARMUP, stagger_s: float = 0.0
 ) -> Run:
@@ -241,47 +278,22 @@ async def _load(
     measurement).  ``stagger_s``: worker k sends its first request ``k * stagger_s / concurrency``
     late, so against an upstream with a fixed latency the workers do not move in lock-step waves.
     """
-    body = json.dumps({**BODY, "model": model}).encode()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-key"}
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
-    latencies: list[float] = []
-    gateway_ms: list[float] = []
-    targets: dict[str, int] = {}
-    errors: dict[int, int] = {}
-    span = [float("inf"), 0.0]  # first and last recorded send (closed loop: sends/s = answers/s)
     async with aiohttp.ClientSession(connector=connector) as session:
-        endpoint = url + "/v1/chat/completions"
+        rec = _Recorder(session, url, model)
         todo = iter(range(warmup + n))
-
-        async def one(record: bool) -> None:
-            t = time.perf_counter()
-            async with session.post(endpoint, data=body, headers=headers) as r:
-                await r.read()
-                timing = r.headers.get("server-timing")
-                target = r.headers.get("x-controlroom-target", "-")
-            done = time.perf_counter()
-            if r.status != 200:
-                errors[r.status] = errors.get(r.status, 0) + 1  # counted, and the latency still kept
-            if record:
-                latencies.append((done - t) * 1000.0)
-                span[0], span[1] = min(span[0], t), max(span[1], t)
-                if timing:
-                    m = _TIMING.search(timing)
-                    if m:
-                        gateway_ms.append(float(m.group(1)))
-                targets[target] = targets.get(target, 0) + 1
 
         async def worker(k: int) -> None:
             if stagger_s > 0:
                 await asyncio.sleep(stagger_s * k / concurrency)
             for i in todo:
-                await one(i >= warmup)
+                await rec.one(i >= warmup)
 
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
     # Requests/s over the sends, not to the last answer: the drain at the end (workers running out
     # of work one by one, half a second each against the steady upstream) is not the rate.
-    seconds = (span[1] - span[0]) * len(latencies) / max(len(latencies) - 1, 1)
-    return Run(latencies, gateway_ms, seconds, targets, errors)
+    recorded = len(rec.latencies)
+    return rec.run((rec.span[1] - rec.span[0]) * recorded / max(recorded - 1, 1))
 
 
 async def _load_open(url: str, model: str, rate: float, n: int, *, warmup: int, seed: int) -> Run:
@@ -301,43 +313,17 @@ async def _load_open(url: str, model: str, rate: float, n: int, *, warmup: int, 
     for _ in range(warmup + n):
         t_next += rng.expovariate(rate)
         offsets.append(t_next)
-    body = json.dumps({**BODY, "model": model}).encode()
-    headers = {"content-type": "application/json", "authorization": "Bearer sk-bench-key"}
-    connector = aiohttp.TCPConnector(limit=0)
-    latencies: list[float] = []
-    gateway_ms: list[float] = []
-    targets: dict[str, int] = {}
-    errors: dict[int, int] = {}
-    async with aiohttp.ClientSession(connector=connector) as session:
-        endpoint = url + "/v1/chat/completions"
-
-        async def one(record: bool) -> None:
-            t = time.perf_counter()
-            async with session.post(endpoint, data=body, headers=headers) as r:
-                await r.read()
-                timing = r.headers.get("server-timing")
-                target = r.headers.get("x-controlroom-target", "-")
-            done = time.perf_counter()
-            if r.status != 200:
-                errors[r.status] = errors.get(r.status, 0) + 1
-            if record:
-                latencies.append((done - t) * 1000.0)
-                if timing:
-                    m = _TIMING.search(timing)
-                    if m:
-                        gateway_ms.append(float(m.group(1)))
-                targets[target] = targets.get(target, 0) + 1
-
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        rec = _Recorder(session, url, model)
         tasks: list[asyncio.Task[None]] = []
         start = time.perf_counter()
         for i, at in enumerate(offsets):
             delay = start + at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i >= warmup)))
+            tasks.append(asyncio.create_task(rec.one(i >= warmup)))
         await asyncio.gather(*tasks)
-    seconds = (offsets[-1] - offsets[warmup]) * n / max(n - 1, 1)
-    return Run(latencies, gateway_ms, seconds, targets, errors)
+    return rec.run((offsets[-1] - offsets[warmup]) * n / max(n - 1, 1))
 
 
 @contextlib.contextmanager
