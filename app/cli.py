@@ -145,6 +145,13 @@ def _add_ingest_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         "default: detected from each file's first lines",
     )
     ingest.add_argument("--json", action="store_true", help="print one JSON object with the counts")
+    ingest.add_argument(
+        "--parse-process",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="read and check the lines in a second process while this one writes (Linux only); "
+        "auto: for 8 MB of files or more (default)",
+    )
 
 
 def _add_collect_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -566,7 +573,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     try:
         # A short queue: the next batch is parsed while one is written, and memory stays small.
         with store, Pipeline(store, queue_events=40_000) as pipeline:
-            report = ingest_files(pipeline, list(args.paths), fmt)
+            parallel = {"auto": None, "on": True, "off": False}[args.parse_process]
+            report = ingest_files(pipeline, list(args.paths), fmt, parallel=parallel)
     except StoreUnavailable as exc:
         print(f"controlroom: {exc}", file=sys.stderr)
         return EXIT_FAILURE

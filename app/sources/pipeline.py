@@ -51,6 +51,7 @@ import collections
 import concurrent.futures
 import json
 import logging
+import marshal
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,12 +62,12 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, InternalError, Operationa
 
 from app.core.event import Event
 from app.sources.base import Batch, Position, Rejected, excerpt_of, gc_paused
-from storage.engine import Store, transaction
+from storage.engine import Store, WalCheckpointer, transaction
 from storage.models import EVENTS
 from storage.queries.events import EVENT_COLUMNS, event_from_row, event_rows, insert_rows
 from storage.queries.positions import load_position, save_positions
 from storage.queries.quarantine import insert_quarantined
-from storage.queries.rollups import merge_rollup_rows
+from storage.queries.rollups import RowsRollup, apply_rows_rollup, merge_rollup_rows, merge_rows_rollups
 
 if TYPE_CHECKING:
     from app.sources.live import LiveAggregator
@@ -108,16 +109,52 @@ class RowBatch(Batch):
     still works (built from the rows on first use), for callers that want objects.
     """
 
-    __slots__ = ("rows",)
+    __slots__ = ("_n", "_packed", "_rows", "rollup")
 
     def __init__(
         self,
         rows: list[Row],
         rejected: list[Rejected] | None = None,
         positions: list[Position] | None = None,
+        rollup: RowsRollup | None = None,
     ) -> None:
         Batch.__init__(self, [], rejected if rejected is not None else [], positions or [])
-        self.rows = rows
+        self._rows = rows
+        self._packed: bytes | None = None
+        self._n = len(rows)
+        #: The rows' rollups computed ahead (the parser process does), used when every row is
+        #: new; ``None``: the writer computes them from the rows it stored.
+        self.rollup = rollup
+
+    @classmethod
+    def packed(
+        cls,
+        data: bytes,
+        n: int,
+        rejected: list[Rejected] | None = None,
+        positions: list[Position] | None = None,
+        rollup: RowsRollup | None = None,
+    ) -> RowBatch:
+        """A batch of ``n`` rows still packed by :func:`pack_rows`: they are unpacked where
+        first read, the writer thread, so the thread that queues them does not hold the GIL
+        for it while the writer binds."""
+        batch = cls([], rejected, positions, rollup)
+        batch._packed, batch._n = data, n
+        return batch
+
+    @property
+    def rows(self) -> list[Row]:
+        if self._packed is not None:
+            with gc_paused():  # tens of thousands of tuples that all survive
+                rows: list[Row] = marshal.loads(self._packed)
+            if len(rows) != self._n:
+                raise ValueError(f"packed rows hold {len(rows)} rows, not {self._n}")
+            self._rows, self._packed = rows, None
+        return self._rows
+
+    @rows.setter
+    def rows(self, value: list[Row]) -> None:
+        self._rows, self._packed, self._n = value, None, len(value)
 
     @property
     def events(self) -> list[Event]:
@@ -132,10 +169,18 @@ class RowBatch(Batch):
         _EVENTS_SLOT.__set__(self, value)
 
     def __len__(self) -> int:
-        return len(self.rows) + len(self.rejected)
+        return self._n + len(self.rejected)
 
     def __repr__(self) -> str:
-        return f"RowBatch(rows={len(self.rows)}, rejected={len(self.rejected)}, positions={self.positions!r})"
+        return f"RowBatch(rows={self._n}, rejected={len(self.rejected)}, positions={self.positions!r})"
+
+
+def pack_rows(rows: list[Row]) -> bytes:
+    """Rows as bytes for :meth:`RowBatch.packed` (``marshal``: the fastest format CPython reads back).
+
+    Raises ``ValueError`` for a value ``marshal`` does not take (the readers' rows never hold one).
+    """
+    return marshal.dumps(rows, 4)
 
 
 @dataclass(slots=True)
@@ -247,6 +292,8 @@ class Pipeline:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        # While the writer thread runs, WAL checkpoints leave its commits (SQLite files only).
+        self._checkpointer = WalCheckpointer(self.engine)
 
     # -- synchronous --------------------------------------------------------------------
     def write(self, batch: Batch) -> WriteResult:
@@ -287,6 +334,7 @@ class Pipeline:
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="controlroom-ingest-writer", daemon=True)
             self._thread.start()
+            self._checkpointer.start()
 
     @property
     def running(self) -> bool:
@@ -304,6 +352,7 @@ class Pipeline:
             if thread.is_alive():
                 raise TimeoutError(f"the ingest writer did not finish its queue within {timeout} s")
         self._thread = None
+        self._checkpointer.stop()
 
     def __enter__(self) -> Pipeline:
         self.start()
@@ -436,10 +485,15 @@ class Pipeline:
         if len(batches) > 1:
             rows, owner = self._drop_cross_batch_repeats(rows, owner, results)
         try:
-            with gc_paused(), transaction(self.engine, write=True) as conn:
+            with (
+                gc_paused(),
+                self.engine.connect() as outer,
+                self._checkpointer.deferring(outer),
+                transaction(outer, write=True) as conn,
+            ):
                 new, refused = self._insert(conn, rows)
                 if new:
-                    merge_rollup_rows(conn, new)
+                    self._merge_rollups(conn, batches, rows, new)
                 quarantined: list[tuple[str, str, str, str, float | None, str | None]] = []
                 for b, r in zip(batches, results, strict=True):
                     for rej in b.rejected:
@@ -500,6 +554,21 @@ class Pipeline:
             get = event_of.get
             new_events = [e if (e := get(id(r))) is not None else event_from_row(r) for r in new]
         return results, new_events
+
+    @staticmethod
+    def _merge_rollups(conn: Connection, batches: Sequence[Batch], rows: list[Row], new: list[Row]) -> None:
+        """Fold the newly stored rows into the rollups: computed ahead when they are exactly the batches' rows."""
+        ahead = [
+            b.rollup
+            for b in batches
+            if isinstance(b, RowBatch) and b.rollup is not None and b.rollup.rows == len(b)
+        ]
+        # Every batch brought its own, and every row of them was stored: none repeated within or
+        # across the batches, none stored before, none refused.
+        if len(ahead) == len(batches) and len(new) == len(rows) == sum(r.rows for r in ahead):
+            apply_rows_rollup(conn, merge_rows_rollups(ahead))
+        else:
+            merge_rollup_rows(conn, new)
 
     @staticmethod
     def _drop_cross_batch_repeats(
@@ -584,4 +653,5 @@ __all__ = [
     "StoreUnavailable",
     "WriteResult",
     "ingest_iter",
+    "pack_rows",
 ]

@@ -39,7 +39,7 @@ from app.core.sketch import LatencySketch
 from storage.engine import transaction
 from storage.models import FAILURE_COUNT_COLUMNS, ROLLUP_MINUTE
 from storage.queries.events import EVENT_COLUMNS
-from storage.queries.sketch_batch import add_values
+from storage.queries.sketch_batch import PreparedValues, add_prepared, merge_prepared, prepare_values
 
 #: The dimensions of a rollup row, in key order.
 KEY_COLUMNS: tuple[str, ...] = ("minute", "provider", "model", "route", "feature")
@@ -344,21 +344,62 @@ def _group_ids(rows: Sequence[Sequence[Any]]) -> tuple[npt.NDArray[np.int64], li
     return remap[cell_of_row.reshape(-1)], list(index)
 
 
-def merge_rollup_rows(bind: Engine | Connection, rows: Sequence[Sequence[Any]]) -> int:
-    """Add newly stored event rows (:data:`storage.queries.events.EVENT_COLUMNS` order) into the rollups.
+@dataclass(slots=True)
+class RowsRollup:
+    """The rollups of a batch of event rows, computed apart from the store (:func:`rollup_of_rows`).
 
-    The columnar twin of ``merge_rollups(conn, accumulate(events))``, for the
-    ingest path that never builds :class:`Event` objects: keys are found in
-    one pass, every sum is a ``numpy.bincount`` and the sketches take the new
-    values in a few numpy operations (:func:`storage.queries.sketch_batch.add_values`).
-    The stored rows come out the same (the sketches' running sums may differ
-    in the last bits).  Returns how many rollup rows were written.
+    ``keys[g]`` is group ``g``'s rollup key, ``sums[g]`` its :data:`SUM_COLUMNS`
+    and ``sketches`` the latency and TTFT values prepared per group.  Only
+    :func:`apply_rows_rollup` touches the store, so the ingest's parser
+    process makes this and the writer only adds it in.  It is picklable: plain
+    lists and numpy arrays.
     """
-    if not rows:
-        return 0
-    gid, keys = _group_ids(rows)
+
+    keys: list[RollupKey]
+    sums: list[list[Any]]
+    sketches: tuple[PreparedValues, PreparedValues]
+    rows: int  # how many event rows it sums
+
+
+def merge_rows_rollups(parts: Sequence[RowsRollup]) -> RowsRollup:
+    """Several batches' rollups as one (the writer joins queued batches into one transaction).
+
+    Keys shared by the parts (the minute where one batch ends and the next
+    begins) are summed, so the store is read and written once per key.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    index: dict[RollupKey, int] = {}
+    sums: list[list[Any]] = []
+    remaps: list[npt.NDArray[np.int64]] = []
+    for part in parts:
+        remap = np.empty(len(part.keys), dtype=np.int64)
+        for g, (key, part_sums) in enumerate(zip(part.keys, part.sums, strict=True)):
+            at = index.setdefault(key, len(index))
+            if at == len(sums):
+                sums.append(list(part_sums))
+            else:
+                sums[at] = [a + b for a, b in zip(sums[at], part_sums, strict=True)]
+            remap[g] = at
+        remaps.append(remap)
+    n = len(index)
+    sketches = tuple(
+        merge_prepared([(part.sketches[j], remap) for part, remap in zip(parts, remaps, strict=True)], n)
+        for j in range(len(SKETCH_COLUMNS))
+    )
+    return RowsRollup(list(index), sums, (sketches[0], sketches[1]), sum(p.rows for p in parts))
+
+
+def rollup_of_rows(rows: Sequence[Sequence[Any]]) -> RowsRollup:
+    """Sum event rows (:data:`storage.queries.events.EVENT_COLUMNS` order) per rollup key, without the store.
+
+    Keys are found in one pass, every sum is a ``numpy.bincount`` and the
+    sketch values are binned in a few numpy operations
+    (:func:`storage.queries.sketch_batch.prepare_values`).
+    """
+    gid, keys = _group_ids(rows) if rows else (np.zeros(0, np.int64), [])
     n = len(keys)
-    new: list[list[float]] = [[0] * len(SUM_COLUMNS) for _ in range(n)]
+    new: list[list[Any]] = [[0] * len(SUM_COLUMNS) for _ in range(n)]
     columns: dict[int, list[float] | list[int]] = {_I_REQUESTS: np.bincount(gid, minlength=n).tolist()}
     width = len(FAILURE_COLUMNS) + 1
     fails = np.fromiter(
@@ -377,17 +418,30 @@ def merge_rollup_rows(bind: Engine | Connection, rows: Sequence[Sequence[Any]]) 
     columns[_I_COST] = np.bincount(gid, weights=cost, minlength=n).tolist()  # in row order, as += would
     for k, i in enumerate(_R_TOKENS):
         columns[_I_TOKENS + k] = _int_sums(gid, rows, i, n)
-    sketch_input: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]] = []
+    sketches: list[PreparedValues] = []
     for raw, i_n, i_sum in ((_R_LAT, _I_LAT_N, _I_LAT_SUM), (_R_TTFT, _I_TTFT_N, _I_TTFT_SUM)):
         values = _optional_floats(_column(rows, raw))
         usable = _usable(values)
         kept, kept_gid = values[usable], gid[usable]
         columns[i_n] = np.bincount(kept_gid, minlength=n).tolist()
         columns[i_sum] = _fsums(kept_gid, kept, n)
-        sketch_input.append((kept, kept_gid))
+        sketches.append(prepare_values(kept, kept_gid, n))
     for i, col in columns.items():
         for g, v in enumerate(col):
             new[g][i] = v
+    return RowsRollup(keys, new, (sketches[0], sketches[1]), len(rows))
+
+
+def apply_rows_rollup(bind: Engine | Connection, rollup: RowsRollup) -> int:
+    """Add a :class:`RowsRollup` into the stored rollup rows; return how many rows were written.
+
+    Joins the caller's transaction when given a connection in one.  The stored
+    rows come out as :func:`merge_rollups` writes them for the same events
+    (the sketches' running sums may differ in the last bits).
+    """
+    keys = rollup.keys
+    if not keys:
+        return 0
     with transaction(bind, write=True) as conn:
         lock_rollups(conn)
         sql = _compiled_upsert(conn)
@@ -395,12 +449,12 @@ def merge_rollup_rows(bind: Engine | Connection, rows: Sequence[Sequence[Any]]) 
         first, last = len(KEY_COLUMNS), len(KEY_COLUMNS) + len(SUM_COLUMNS)
         olds = [stored.get(k) for k in keys]
         sketches = [
-            add_values([o[last + j] if o is not None else None for o in olds], values, groups)
-            for j, (values, groups) in enumerate(sketch_input)
+            add_prepared([o[last + j] if o is not None else None for o in olds], prepared)
+            for j, prepared in enumerate(rollup.sketches)
         ]
         out: list[tuple[Any, ...]] = []
-        for g, (key, old) in enumerate(zip(keys, olds, strict=True)):
-            sums = new[g] if old is None else [a + b for a, b in zip(old[first:last], new[g], strict=True)]
+        for g, (key, old, new) in enumerate(zip(keys, olds, rollup.sums, strict=True)):
+            sums = new if old is None else [a + b for a, b in zip(old[first:last], new, strict=True)]
             out.append((*key, *sums, sketches[0][g], sketches[1][g]))
         binds = _positional[conn.dialect.name]
         params: list[Any]
@@ -412,6 +466,20 @@ def merge_rollup_rows(bind: Engine | Connection, rows: Sequence[Sequence[Any]]) 
             params = list(map(itemgetter(*binds), out))
         conn.exec_driver_sql(sql, params)
     return len(out)
+
+
+def merge_rollup_rows(bind: Engine | Connection, rows: Sequence[Sequence[Any]]) -> int:
+    """Add newly stored event rows (:data:`storage.queries.events.EVENT_COLUMNS` order) into the rollups.
+
+    The columnar twin of ``merge_rollups(conn, accumulate(events))``, for the
+    ingest path that never builds :class:`Event` objects:
+    :func:`rollup_of_rows`, then :func:`apply_rows_rollup`.  The stored rows
+    come out the same (the sketches' running sums may differ in the last
+    bits).  Returns how many rollup rows were written.
+    """
+    if not rows:
+        return 0
+    return apply_rows_rollup(bind, rollup_of_rows(rows))
 
 
 # --- reads -----------------------------------------------------------------------------
@@ -496,11 +564,15 @@ __all__ = [
     "RollupDelta",
     "RollupKey",
     "RollupTotals",
+    "RowsRollup",
     "accumulate",
+    "apply_rows_rollup",
     "lock_rollups",
     "merge_rollup_rows",
     "merge_rollups",
+    "merge_rows_rollups",
     "merged_sketch",
     "minute_of",
+    "rollup_of_rows",
     "rollup_totals",
 ]

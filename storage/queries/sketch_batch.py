@@ -390,6 +390,118 @@ def sketch_keys(values: F64) -> I64:
     return keys
 
 
+class PreparedValues:
+    """A batch of values made ready to add into ``n`` groups' sketches (:func:`prepare_values`).
+
+    Everything that depends only on the new values: each group's zero count,
+    sum, min and max, and the (group, key) bins with their counts.  It is
+    computed apart from the store (the ingest's parser process makes it) and
+    added to the stored sketches by :func:`add_prepared`.  The values
+    themselves are kept for a stored sketch the fast decoder cannot read.
+    """
+
+    __slots__ = ("bin_count", "bin_group", "bin_key", "groups", "n", "values", "vmax", "vmin", "vsum", "zero")
+
+    def __init__(self, n: int, values: F64, groups: I64) -> None:
+        self.n, self.values, self.groups = n, values, groups
+        positive = values > _MIN_POSSIBLE
+        keys = sketch_keys(values[positive])
+        self.zero = _fsum_by(groups[~positive], np.ones(int((~positive).sum())), n)
+        self.vsum = _fsum_by(groups, values, n)
+        self.vmin = np.full(n, np.inf)
+        self.vmax = np.full(n, -np.inf)
+        np.minimum.at(self.vmin, groups, values)
+        np.maximum.at(self.vmax, groups, values)
+        self.bin_group, self.bin_key, self.bin_count = _count_bins(groups[positive], keys, np.ones(len(keys)))
+
+
+def merge_prepared(parts: Sequence[tuple[PreparedValues, I64]], n: int) -> PreparedValues:
+    """Several batches' prepared values as one, for ``n`` groups; ``remap`` takes each part's groups there."""
+    merged = PreparedValues.__new__(PreparedValues)
+    merged.n = n
+    merged.values = np.concatenate([p.values for p, _ in parts]) if parts else np.zeros(0)
+    merged.groups = (
+        np.concatenate([remap[p.groups] for p, remap in parts]).astype(np.int64)
+        if parts
+        else np.zeros(0, np.int64)
+    )
+    merged.zero, merged.vsum = np.zeros(n), np.zeros(n)
+    merged.vmin, merged.vmax = np.full(n, np.inf), np.full(n, -np.inf)
+    for p, remap in parts:
+        np.add.at(merged.zero, remap, p.zero)
+        np.add.at(merged.vsum, remap, p.vsum)
+        np.minimum.at(merged.vmin, remap, p.vmin)
+        np.maximum.at(merged.vmax, remap, p.vmax)
+    if parts:
+        merged.bin_group, merged.bin_key, merged.bin_count = _count_bins(
+            np.concatenate([remap[p.bin_group] for p, remap in parts]).astype(np.int64),
+            np.concatenate([p.bin_key for p, _ in parts]).astype(np.int64),
+            np.concatenate([p.bin_count for p, _ in parts]),
+        )
+    else:
+        e = np.zeros(0, np.int64)
+        merged.bin_group, merged.bin_key, merged.bin_count = e, e, np.zeros(0)
+    return merged
+
+
+def _count_bins(group: I64, key: I64, count: F64) -> tuple[I64, I64, F64]:
+    """Counts summed per (group, key), sorted by group then key."""
+    if not len(key):
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0)
+    kmin = int(key.min())
+    width = int(key.max()) - kmin + 1
+    cells, inverse = np.unique(group * width + (key - kmin), return_inverse=True)
+    counts = _fsum_by(inverse.reshape(-1).astype(np.int64), count, len(cells))
+    return (cells // width).astype(np.int64), (cells % width + kmin).astype(np.int64), counts
+
+
+def prepare_values(values: F64, groups: I64, n: int) -> PreparedValues:
+    """``values[i]`` (finite, non-negative) for group ``groups[i]`` of ``n``, ready for :func:`add_prepared`."""
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.asarray(groups, dtype=np.int64)
+    if len(values) != len(groups):
+        raise ValueError("values and groups differ in length")
+    if len(values) and (not np.all(np.isfinite(values)) or float(values.min()) < 0):
+        raise ValueError("sketch values must be finite and non-negative")
+    return PreparedValues(n, values, groups)
+
+
+def add_prepared(stored: Sequence[bytes | None], new: PreparedValues) -> list[bytes | None]:
+    """Each stored sketch with its group's prepared values added (see :func:`add_values`)."""
+    n = len(stored)
+    if n != new.n:
+        raise ValueError(f"{n} stored sketches for values prepared for {new.n} groups")
+    present = [g for g, b in enumerate(stored) if b]
+    decoded = _decode_fast([stored[g] for g in present]) if present else None  # type: ignore[misc]
+    if present and decoded is None:
+        return _add_values_slow(stored, new.values, new.groups)
+    zero, vsum, vmin, vmax = new.zero.copy(), new.vsum.copy(), new.vmin.copy(), new.vmax.copy()
+    bin_group, bin_key, bin_count = new.bin_group, new.bin_key, new.bin_count
+    if decoded is not None:
+        where = np.asarray(present, dtype=np.int64)
+        zero[where] += decoded.zero
+        vsum[where] = decoded.vsum + vsum[where]
+        vmin[where] = np.minimum(vmin[where], decoded.vmin)
+        vmax[where] = np.maximum(vmax[where], decoded.vmax)
+        bin_group, bin_key, bin_count = _count_bins(
+            np.concatenate((where[decoded.bin_blob], bin_group)),
+            np.concatenate((decoded.key, bin_key)),
+            np.concatenate((decoded.count, bin_count)),
+        )
+    merged = MergedSketches(
+        n,
+        zero=zero,
+        bin_group=bin_group,
+        bin_key=bin_key,
+        bin_count=bin_count,
+        vmin=vmin,
+        vmax=vmax,
+        vsum=vsum,
+    )
+    return merged.to_bytes()
+
+
 def add_values(stored: Sequence[bytes | None], values: F64, groups: I64) -> list[bytes | None]:
     """Each stored sketch with its group's new values added, serialized as ``LatencySketch.to_bytes``.
 
@@ -402,51 +514,7 @@ def add_values(stored: Sequence[bytes | None], values: F64, groups: I64) -> list
     path: one batch of 20,000 events costs a few numpy passes instead of
     20,000 Python calls into ddsketch.
     """
-    n = len(stored)
-    values = np.asarray(values, dtype=np.float64)
-    groups = np.asarray(groups, dtype=np.int64)
-    if len(values) != len(groups):
-        raise ValueError("values and groups differ in length")
-    if len(values) and (not np.all(np.isfinite(values)) or float(values.min()) < 0):
-        raise ValueError("sketch values must be finite and non-negative")
-    present = [g for g, b in enumerate(stored) if b]
-    decoded = _decode_fast([stored[g] for g in present]) if present else None  # type: ignore[misc]
-    if present and decoded is None:
-        return _add_values_slow(stored, values, groups)
-    positive = values > _MIN_POSSIBLE
-    new_group = groups[positive]
-    new_key = sketch_keys(values[positive])
-    zero = _fsum_by(groups[~positive], np.ones(int((~positive).sum())), n)
-    vsum = _fsum_by(groups, values, n)
-    vmin = np.full(n, np.inf)
-    vmax = np.full(n, -np.inf)
-    np.minimum.at(vmin, groups, values)
-    np.maximum.at(vmax, groups, values)
-    bin_group = new_group
-    bin_key = new_key
-    bin_count = np.ones(len(new_key))
-    if decoded is not None:
-        where = np.asarray(present, dtype=np.int64)
-        zero[where] += decoded.zero
-        vsum[where] = decoded.vsum + vsum[where]
-        vmin[where] = np.minimum(vmin[where], decoded.vmin)
-        vmax[where] = np.maximum(vmax[where], decoded.vmax)
-        bin_group = np.concatenate((where[decoded.bin_blob], new_group))
-        bin_key = np.concatenate((decoded.key, new_key))
-        bin_count = np.concatenate((decoded.count, bin_count))
-    if len(bin_key):
-        kmin = int(bin_key.min())
-        width = int(bin_key.max()) - kmin + 1
-        cells, inverse = np.unique(bin_group * width + (bin_key - kmin), return_inverse=True)
-        counts = _fsum_by(inverse.reshape(-1).astype(np.int64), bin_count, len(cells))
-        bin_group, bin_key = cells // width, cells % width + kmin
-    else:
-        counts = np.zeros(0)
-    merged = MergedSketches(
-        n, zero=zero, bin_group=bin_group.astype(np.int64), bin_key=bin_key.astype(np.int64),
-        bin_count=counts, vmin=vmin, vmax=vmax, vsum=vsum,
-    )  # fmt: skip
-    return merged.to_bytes()
+    return add_prepared(stored, prepare_values(values, groups, len(stored)))
 
 
 def _add_values_slow(stored: Sequence[bytes | None], values: F64, groups: I64) -> list[bytes | None]:
@@ -484,4 +552,13 @@ def _encode_varints(values: I64) -> tuple[npt.NDArray[np.uint8], I64]:
     return out, offsets
 
 
-__all__ = ["MergedSketches", "add_values", "merge_blobs", "sketch_keys"]
+__all__ = [
+    "MergedSketches",
+    "PreparedValues",
+    "add_prepared",
+    "add_values",
+    "merge_blobs",
+    "merge_prepared",
+    "prepare_values",
+    "sketch_keys",
+]

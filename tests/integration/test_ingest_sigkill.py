@@ -4,7 +4,9 @@ Every record must end up stored exactly once, the rollups must agree with the
 events, and every bad line must be quarantined once: checked with the store's
 own counts after each round.  Two ways in:
 
-- ``controlroom ingest`` (reads the whole file each time: idempotent ids);
+- ``controlroom ingest`` (reads the whole file each time: idempotent ids), in
+  alternate rounds with its parser process (``--parse-process on``: the
+  rows and their rollups come from a forked child) and without it;
 - a ``JsonlTail`` driver (resumes from the position committed with the
   events: no line is even re-read after a commit).
 
@@ -146,7 +148,9 @@ def crash_rounds(tmp_path: Path, rounds: int, n: int, *, tail: bool, max_kills: 
         if tail:
             cmd = [sys.executable, "-c", TAIL_DRIVER, str(path), url]
         else:
+            parse_process = "on" if r % 2 == 0 else "off"
             cmd = [sys.executable, "-m", "app", "ingest", str(path), "--store", url, "--json"]
+            cmd += ["--parse-process", parse_process]
         kills, out = run_until_done(cmd, rng, max_kills=max_kills)
         kills_total += kills
         check_store(url, db, unique, bad)

@@ -29,15 +29,32 @@ from app.sources.base import Batch
 from app.sources.formats import EventFormat, Parsed
 from app.sources.jsonl import read_file
 from app.sources.live import LiveAggregator
-from app.sources.pipeline import Pipeline, RowBatch
+from app.sources.pipeline import Pipeline, RowBatch, pack_rows
 from storage import Store, open_store
 from storage.models import ROLLUP_MINUTE
-from storage.queries.events import count_events, event_from_row, event_rows, get_event, insert_rows
+from storage.queries.events import (
+    EVENT_COLUMNS,
+    count_events,
+    event_from_row,
+    event_rows,
+    get_event,
+    insert_rows,
+)
 from storage.queries.quarantine import fetch_quarantined
-from storage.queries.rollups import ROW_COLUMNS, accumulate, merge_rollup_rows, merge_rollups
+from storage.queries.rollups import (
+    ROW_COLUMNS,
+    accumulate,
+    apply_rows_rollup,
+    merge_rollup_rows,
+    merge_rollups,
+    merge_rows_rollups,
+    rollup_of_rows,
+    rollup_totals,
+)
 from storage.queries.sketch_batch import add_values, sketch_keys
 
 T0 = 1_780_000_020.0
+_LAT = EVENT_COLUMNS.index("latency_ms")
 
 
 def make_events(n: int, *, start: float = T0, seed: int = 1, step: float = 0.5) -> list[Event]:
@@ -114,6 +131,8 @@ def _mutate(d: dict[str, Any], kind: int) -> bytes:
         return b'{"ts_start": 5, "provider": "p", "model": "m", "user": "a\\u0000b"}'
     elif kind == 34:
         d["extra"] = {"ignored": True}
+    elif kind == 35:  # the same record spelled otherwise: escapes, spaces (tags and targets too)
+        return json.dumps(d, ensure_ascii=True, separators=(" , ", " : ")).encode()
     else:
         name, value = changes[kind]
         d[name] = value
@@ -135,7 +154,7 @@ def test_parse_rows_matches_the_careful_path_line_for_line(decoder: str) -> None
     events = make_events(700)
     lines = [e.to_json().encode() for e in events]
     for i in range(0, len(lines), 2):  # every other line irregular, every kind many times
-        lines[i] = _mutate(json.loads(lines[i]), (i // 2) % 35)
+        lines[i] = _mutate(json.loads(lines[i]), (i // 2) % 36)
     pairs = [(i * 1000, line) for i, line in enumerate(lines)]
     fmt = EventFormat()
     careful = Parsed()
@@ -349,3 +368,51 @@ def test_the_live_view_gets_row_batches_as_events(store: Store) -> None:
     pipeline.write(RowBatch(event_rows(events)))
     pipeline.write(RowBatch(event_rows(events)))  # replayed: not shown twice
     assert live.series(seconds=60).requests.sum() == 40
+
+
+# --- rollups computed ahead (the parser process) ---------------------------------------------
+
+
+def test_rollups_computed_ahead_and_merged_write_what_merge_rollup_rows_writes(tmp_path: Path) -> None:
+    events = make_events(3000, step=0.2)  # ~10 minutes: the parts share their boundary minutes
+    parts = [event_rows(events[i : i + 400]) for i in range(0, len(events), 400)]
+    with (
+        open_store(f"sqlite:///{tmp_path / 'a.sqlite3'}") as a,
+        open_store(f"sqlite:///{tmp_path / 'b.sqlite3'}") as b,
+    ):
+        with a.begin(write=True) as conn:
+            merge_rollup_rows(conn, [r for part in parts for r in part])
+        # Two transactions of several parts each: merged per transaction, as the writer does.
+        for group in (parts[:3], parts[3:]):
+            ahead = merge_rows_rollups([rollup_of_rows(p) for p in group])
+            assert ahead.rows == sum(map(len, group))
+            with b.begin(write=True) as conn:
+                apply_rows_rollup(conn, ahead)
+        expected, got = _rollup_table(a), _rollup_table(b)
+    assert len(expected) > 40
+    assert_same_rollups(expected, got)
+
+
+def test_a_packed_row_batch_unpacks_where_its_rows_are_read() -> None:
+    rows = event_rows(make_events(50))
+    batch = RowBatch.packed(pack_rows(rows), len(rows))
+    assert len(batch) == 50 and batch._packed is not None  # counted without unpacking
+    assert batch.rows == rows and batch._packed is None
+    with pytest.raises(ValueError, match="hold 50 rows, not 49"):
+        _ = RowBatch.packed(pack_rows(rows), 49).rows
+
+
+def test_rollups_computed_ahead_are_ignored_when_some_rows_were_stored_before(store: Store) -> None:
+    rows = event_rows(make_events(600, step=0.1))
+    first, rest = rows[:250], rows[250:]
+    pipeline = Pipeline(store)
+    pipeline.write(RowBatch(first, rollup=rollup_of_rows(first)))
+    # A replay that also brings new rows, with rollups made for all of them: only the new count.
+    result = pipeline.write(RowBatch(rows, rollup=rollup_of_rows(rows)))
+    assert (result.ingested, result.duplicates) == (len(rest), len(first))
+    # Repeats within a batch also make the writer sum only what it stored.
+    again = rows[:10] + rows[:10]
+    assert pipeline.write(RowBatch(again, rollup=rollup_of_rows(again))).ingested == 0
+    totals = rollup_totals(store.engine)
+    assert totals.requests == len(rows) == count_events(store.engine)
+    assert totals.latency_n == sum(1 for r in rows if r[_LAT] is not None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,9 @@ from sqlalchemy.exc import OperationalError
 
 from storage import StoreError, create_store_engine, open_store
 from storage.engine import (
+    SQLITE_PAGE_SIZE,
     StoreTooNew,
+    WalCheckpointer,
     _alembic_config,
     current_revision,
     describe_url,
@@ -48,6 +52,52 @@ def test_every_connection_gets_the_pragmas(tmp_path: Path) -> None:
             for name in ("journal_mode", "synchronous", "foreign_keys", "busy_timeout")
         }
     assert pragma == {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1, "busy_timeout": 10_000}
+
+
+def test_a_new_store_has_16k_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA journal_mode=WAL")  # writes the header: the file's page size is fixed
+    conn.close()
+    for path, size in ((tmp_path / "new.sqlite3", SQLITE_PAGE_SIZE), (old, 4096)):
+        with open_store(str(path)) as store, store.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA page_size").scalar() == size
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_the_wal_checkpointer_takes_over_checkpoints_while_it_runs(tmp_path: Path) -> None:
+    with open_store(str(tmp_path / "s.sqlite3")) as store:
+        checkpointer = WalCheckpointer(store.engine, interval=30.0)  # only pokes wake it
+        with store.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            with checkpointer.deferring(conn):  # not running: the connection's default stays
+                assert raw.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+            checkpointer.start()
+            try:
+                with checkpointer.deferring(conn):
+                    assert raw.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+                    with conn.begin():
+                        insert_events(conn, [make_event(i) for i in range(50)])
+                assert raw.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
+                # Woken by the commit's poke, well before its 30 s interval.
+                deadline = time.monotonic() + 10
+                while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+                    threading.Event().wait(0.01)
+            finally:
+                checkpointer.stop()
+            assert checkpointer.checkpoints >= 1 and not checkpointer.active
+            # Everything committed is in the database file: the WAL holds no page it lacks.
+            busy, wal_pages, moved = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert busy == 0 and wal_pages == moved
+        assert count_events(store.engine) == 50
+
+
+def test_the_wal_checkpointer_does_nothing_without_a_sqlite_file() -> None:
+    with open_store("sqlite://") as store:
+        checkpointer = WalCheckpointer(store.engine)
+        checkpointer.start()
+        assert not checkpointer.active
+        checkpointer.stop()
 
 
 def test_default_store_is_a_file_in_the_data_dir() -> None:
