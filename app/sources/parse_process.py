@@ -62,7 +62,10 @@ def _encode(batch: Batch) -> bytes:
         except ValueError:  # a value marshal does not take (never from our reader): pickle it all
             pass
         else:
-            rollup = rollup_of_rows(batch.rows) if batch.rows else None
+            try:
+                rollup = rollup_of_rows(batch.rows) if batch.rows else None
+            except Exception:  # rows the writer will refuse or sum itself: it recomputes from what it stores
+                rollup = None
             return pickle.dumps(
                 (_ROWS, rows, len(batch.rows), batch.rejected, batch.positions, rollup), protocol=5
             )

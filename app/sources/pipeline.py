@@ -54,6 +54,7 @@ import logging
 import marshal
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,10 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BATCH = 20_000
 #: Events the writer thread's queue holds before ``submit`` waits (backpressure).
 DEFAULT_QUEUE_EVENTS = 200_000
+
+#: Transactions of this many events or more leave their WAL checkpoint to a thread of its own
+#: (:class:`storage.engine.WalCheckpointer`); smaller ones keep SQLite's automatic checkpoint.
+_DEFER_CHECKPOINT_ROWS = 5_000
 
 # Ids checked per query when a batch holds some already-stored events.
 _LOOKUP_CHUNK = 500
@@ -488,7 +493,7 @@ class Pipeline:
             with (
                 gc_paused(),
                 self.engine.connect() as outer,
-                self._checkpointer.deferring(outer),
+                self._checkpointer.deferring(outer) if len(rows) >= _DEFER_CHECKPOINT_ROWS else nullcontext(),
                 transaction(outer, write=True) as conn,
             ):
                 new, refused = self._insert(conn, rows)

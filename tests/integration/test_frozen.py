@@ -10,6 +10,7 @@ often shows up only as a warning there.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -130,18 +131,23 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def test_frozen_version(frozen: FrozenBuild, tmp_path: Path) -> None:
+def run_frozen(frozen: FrozenBuild, tmp_path: Path, *args: str, timeout: float = 60) -> str:
+    """Run the frozen binary to its end; it must exit 0 with nothing unexpected on stderr.  Its stdout."""
     done = subprocess.run(
-        [str(frozen.binary), "--version"],
+        [str(frozen.binary), *args],
         env=frozen_env(tmp_path),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"controlroom {__version__}"
     assert not unexpected_stderr(done.stderr), done.stderr
+    return done.stdout
+
+
+def test_frozen_version(frozen: FrozenBuild, tmp_path: Path) -> None:
+    assert run_frozen(frozen, tmp_path, "--version").strip() == f"controlroom {__version__}"
 
 
 def test_frozen_ui_smoke(frozen: FrozenBuild, tmp_path: Path) -> None:
@@ -221,6 +227,29 @@ def test_frozen_simulator_serves_a_chat_completion(frozen: FrozenBuild, tmp_path
             out, err = proc.communicate()
     assert proc.returncode == 0, f"exit {proc.returncode}\n{out}\n{err}"
     assert not unexpected_stderr(err), err
+
+
+def test_frozen_ingest_with_its_parser_process(frozen: FrozenBuild, tmp_path: Path) -> None:
+    """``controlroom ingest --parse-process on``: the bundle forks its parser (multiprocessing, ctypes)."""
+    from tests.integration.test_ingest_sigkill import make_corpus
+
+    path = tmp_path / "events.jsonl"
+    unique, bad = make_corpus(path, 3000, seed=5)
+    store = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    out = run_frozen(
+        frozen,
+        tmp_path,
+        "ingest",
+        str(path),
+        "--store",
+        store,
+        "--json",
+        "--parse-process",
+        "on",
+        timeout=120,
+    )
+    counts = json.loads(out)
+    assert (counts["ingested"], counts["rejected"]) == (unique, bad)
 
 
 @pytest.mark.skipif(

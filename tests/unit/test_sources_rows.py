@@ -416,3 +416,14 @@ def test_rollups_computed_ahead_are_ignored_when_some_rows_were_stored_before(st
     totals = rollup_totals(store.engine)
     assert totals.requests == len(rows) == count_events(store.engine)
     assert totals.latency_n == sum(1 for r in rows if r[_LAT] is not None)
+
+
+def test_only_large_transactions_leave_their_wal_checkpoint_to_a_thread(store: Store) -> None:
+    small, large = event_rows(make_events(100)), event_rows(make_events(6000, start=T0 + 100_000, seed=2))
+    pipeline = Pipeline(store)
+    with pipeline:
+        assert pipeline.submit(RowBatch(small)).result().ingested == 100
+        assert pipeline._checkpointer.checkpoints == 0  # SQLite's own checkpoint, in the commit
+        assert pipeline.submit(RowBatch(large)).result().ingested == 6000
+    # Stopping waits for the pass the large commit asked for.
+    assert pipeline._checkpointer.checkpoints == 1 and not pipeline._checkpointer.active

@@ -67,7 +67,7 @@ def test_a_new_store_has_16k_pages_and_an_old_one_keeps_its_own(tmp_path: Path) 
 
 def test_the_wal_checkpointer_takes_over_checkpoints_while_it_runs(tmp_path: Path) -> None:
     with open_store(str(tmp_path / "s.sqlite3")) as store:
-        checkpointer = WalCheckpointer(store.engine, interval=30.0)  # only pokes wake it
+        checkpointer = WalCheckpointer(store.engine)
         with store.engine.connect() as conn:
             raw = conn.connection.driver_connection
             with checkpointer.deferring(conn):  # not running: the connection's default stays
@@ -79,7 +79,7 @@ def test_the_wal_checkpointer_takes_over_checkpoints_while_it_runs(tmp_path: Pat
                     with conn.begin():
                         insert_events(conn, [make_event(i) for i in range(50)])
                 assert raw.execute("PRAGMA wal_autocheckpoint").fetchone() == (1000,)
-                # Woken by the commit's poke, well before its 30 s interval.
+                # Woken by the commit.
                 deadline = time.monotonic() + 10
                 while checkpointer.checkpoints == 0 and time.monotonic() < deadline:
                     threading.Event().wait(0.01)
