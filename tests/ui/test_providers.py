@@ -72,7 +72,11 @@ def _target_dialog(page: ProvidersPage) -> TargetDialog:
     return page.dialog
 
 
-def _enter(dialog: QtWidgets.QDialog) -> None:
+def _enter(dialog: ProviderDialog | TargetDialog, *, reason: str = "a test change") -> None:
+    """Enter saves; a reason is typed first when none is (every save needs one)."""
+    if reason and not dialog.reason.text():
+        _type(dialog.reason, reason)
+        dialog.name.setFocus()
     QtTest.QTest.keyClick(dialog.focusWidget() or dialog, Qt.Key.Key_Return)
 
 
@@ -160,8 +164,9 @@ def test_add_provider_invalid_then_valid(qtbot: object, store: Store) -> None:
     _choose(d.kind, "openai_compatible")
     _type(d.rpm, "-5")
     _choose(d.key_source, "env")
-    _enter(d)
+    _enter(d, reason="")
     assert d.isVisible()
+    assert "reason goes in the audit log" in d.errors["reason"].text()  # required, as in every editor
     assert "letters, digits" in d.errors["name"].text()
     assert "needs its base URL" in d.errors["base_url"].text()
     assert "whole number" in d.errors["rpm"].text()
@@ -241,7 +246,8 @@ def test_targets_prices_and_removal_with_confirmation(qtbot: object, store: Stor
     d.model.setCurrentText("gpt-4o-mini")
     _type(d.prices["input_per_mtok"], "0.15")
     _type(d.prices["cache_read_per_mtok"], "cheap")
-    _enter(d)
+    _enter(d, reason="")
+    assert "reason goes in the audit log" in d.errors["reason"].text()
     assert "both the input and the output" in d.errors["output_per_mtok"].text()
     assert "price in USD" in d.errors["cache_read_per_mtok"].text()
     assert q.get_object(store.engine, "target", "fast") is None

@@ -591,6 +591,13 @@ class _Editor(QtWidgets.QDialog):
         super().keyPressEvent(event)
 
 
+def _reason_problem(dialog: ProviderDialog | TargetDialog) -> dict[str, str]:
+    """A save needs a reason, as in every other editor: it goes in the audit log."""
+    if dialog.reason.text().strip():
+        return {}
+    return {"reason": "say why: the reason goes in the audit log"}
+
+
 def _password_field(placeholder: str) -> QtWidgets.QLineEdit:
     edit = QtWidgets.QLineEdit()
     edit.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
@@ -644,7 +651,7 @@ class ProviderDialog(_Editor):
         self.tpm = QtWidgets.QLineEdit("" if row is None or row.tpm is None else str(row.tpm))
         self.tpm.setPlaceholderText("no limit")
         self.reason = QtWidgets.QLineEdit()
-        self.reason.setPlaceholderText("optional: why, for the audit log")
+        self.reason.setPlaceholderText("why (required, goes in the audit log)")
         # A key we cannot check (keyring unavailable right now) may well be there: keep it unless replaced.
         self.has_stored_key = bool(row and row.api_key_ref.startswith("keyring") and row.key_ok is not False)
         self.has_stored_admin = bool(
@@ -802,7 +809,7 @@ class TargetDialog(_Editor):
                 hint="Empty: the list price (genai-prices)." if fld == "input_per_mtok" else "",
             )
         self.reason = QtWidgets.QLineEdit()
-        self.reason.setPlaceholderText("optional: why, for the audit log")
+        self.reason.setPlaceholderText("why (required, goes in the audit log)")
         self.add_field("reason", "Reason", self.reason)
         self.layout_.addWidget(self.buttons)
         (self.model if target is not None else self.name).setFocus()
@@ -1164,6 +1171,7 @@ class ProvidersPage(QtWidgets.QWidget):
             return
         form = dialog.form_values()
         problems, row = validate_provider(form)
+        problems = {**problems, **_reason_problem(dialog)}
         dialog.show_problems(problems)
         if problems:
             dialog.say("Fix the fields marked in red.")
@@ -1436,6 +1444,7 @@ class ProvidersPage(QtWidgets.QWidget):
         if store is None or self._runner is None or dialog.busy:
             return
         problems, values = dialog.validated()
+        problems = {**problems, **_reason_problem(dialog)}
         dialog.show_problems(problems)
         if problems:
             dialog.say("Fix the fields marked in red.")
