@@ -557,6 +557,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
     from app.sources.formats import MappingError, get_format
     from app.sources.jsonl import ingest_files
+    from app.sources.parse_process import ParserProcessFailed
     from app.sources.pipeline import Pipeline, StoreUnavailable
     from storage import StoreError, open_store
 
@@ -577,6 +578,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             report = ingest_files(pipeline, list(args.paths), fmt, parallel=parallel)
     except StoreUnavailable as exc:
         print(f"controlroom: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ParserProcessFailed as exc:  # a bug: say so, and how to go on without the second process
+        print(
+            f"controlroom: {exc}\nTo read the files in this process instead: --parse-process off",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     for error in report.errors:
         print(f"controlroom: {error}", file=sys.stderr)

@@ -566,7 +566,7 @@ class Pipeline:
         ahead = [
             b.rollup
             for b in batches
-            if isinstance(b, RowBatch) and b.rollup is not None and b.rollup.rows == len(b)
+            if isinstance(b, RowBatch) and b.rollup is not None and b.rollup.rows == len(b.rows)
         ]
         # Every batch brought its own, and every row of them was stored: none repeated within or
         # across the batches, none stored before, none refused.

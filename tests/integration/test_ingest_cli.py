@@ -20,6 +20,8 @@ import pytest
 from app.cli import main
 from app.core.event import Event
 from app.core.ids import new_event_id
+from app.sources import parse_process
+from app.sources.parse_process import parallel_available
 from storage import open_store
 from storage.queries.events import count_events
 from storage.queries.quarantine import count_quarantined, quarantine_reasons
@@ -65,11 +67,16 @@ def good_line(i: int) -> bytes:
     )
 
 
+@pytest.mark.parametrize("parse_process", ["off", "on"])
 def test_the_malformed_corpus_is_counted_and_quarantined(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], parse_process: str
 ) -> None:
+    if parse_process == "on" and not parallel_available():
+        pytest.skip("the parser process needs fork (Linux)")
     url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
-    code, report, err = run_cli(capsys, str(DATA / "malformed.jsonl"), "--store", url)
+    code, report, err = run_cli(
+        capsys, str(DATA / "malformed.jsonl"), "--store", url, "--parse-process", parse_process
+    )
     assert code == 0, err
     assert report == {"ingested": 3, "duplicates": 1, "rejected": 13, "reasons": MALFORMED_REASONS}
     with open_store(url) as store:
@@ -77,7 +84,9 @@ def test_the_malformed_corpus_is_counted_and_quarantined(
         assert rollup_totals(store.engine).requests == 3
         assert quarantine_reasons(store.engine) == MALFORMED_REASONS
     # Again: everything is a duplicate, and the quarantine keeps each bad line once.
-    code, report, _ = run_cli(capsys, str(DATA / "malformed.jsonl"), "--store", url)
+    code, report, _ = run_cli(
+        capsys, str(DATA / "malformed.jsonl"), "--store", url, "--parse-process", parse_process
+    )
     assert (code, report["ingested"], report["duplicates"], report["rejected"]) == (0, 0, 4, 13)
     with open_store(url) as store:
         assert count_events(store.engine) == 3 and count_quarantined(store.engine) == 13
@@ -155,6 +164,22 @@ def test_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 1 and "cannot tell the format" in err
     assert main(["ingest", str(DATA / "malformed.jsonl"), "--format", "nonsense", "--store", url]) == 2
     assert "unknown format 'nonsense'" in capsys.readouterr().err
+
+
+def test_a_failing_parser_process_is_reported_with_the_way_around(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not parallel_available():
+        pytest.skip("the parser process needs fork (Linux)")
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the reader broke")
+
+    monkeypatch.setattr(parse_process, "read_file", broken)  # the forked child inherits it
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    code = main(["ingest", str(DATA / "malformed.jsonl"), "--store", url, "--parse-process", "on"])
+    err = capsys.readouterr().err
+    assert code == 1 and "the reader broke" in err and "--parse-process off" in err
 
 
 def test_text_output_and_the_real_command(tmp_path: Path) -> None:
