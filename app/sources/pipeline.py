@@ -487,7 +487,7 @@ class Pipeline:
                     rows.append(row)
                     owner.append(i)
                 # seen holds the same ids; only earlier batches' repeats remain to drop.
-        if len(batches) > 1:
+        if len(seen) != len(rows):  # an id in two of the coalesced batches: the first one wins
             rows, owner = self._drop_cross_batch_repeats(rows, owner, results)
         try:
             with (

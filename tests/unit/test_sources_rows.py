@@ -413,6 +413,14 @@ def test_rollups_computed_ahead_are_ignored_when_some_rows_were_stored_before(st
     # Repeats within a batch also make the writer sum only what it stored.
     again = rows[:10] + rows[:10]
     assert pipeline.write(RowBatch(again, rollup=rollup_of_rows(again))).ingested == 0
+    # And so do repeats across batches joined into one transaction (as the writer thread joins them).
+    more = event_rows(make_events(300, start=T0 + 50_000, seed=3))
+    a, b = more[:200], more[100:]
+    results, _ = pipeline._write_many(
+        [RowBatch(a, rollup=rollup_of_rows(a)), RowBatch(b, rollup=rollup_of_rows(b))]
+    )
+    assert [(r.ingested, r.duplicates) for r in results] == [(200, 0), (100, 100)]
+    rows += more
     totals = rollup_totals(store.engine)
     assert totals.requests == len(rows) == count_events(store.engine)
     assert totals.latency_n == sum(1 for r in rows if r[_LAT] is not None)
