@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import getpass
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -552,6 +553,42 @@ def _cmd_breaker(args: argparse.Namespace) -> int:
 
 
 # -- ingest ------------------------------------------------------------------------------------
+class _ProgressLine:
+    """How far ``controlroom ingest`` has read, on one terminal line rewritten at most twice a second."""
+
+    def __init__(self, stream: Any, *, every: float = 0.5, clock: Any = None) -> None:
+        import time
+
+        self.stream = stream
+        self.every = every
+        self.clock = clock or time.monotonic
+        self.start = self.clock()
+        self.last = -math.inf
+        self.width = 0
+
+    def __call__(self, p: Any) -> None:  # an app.sources.jsonl.IngestProgress
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        share = f"{p.bytes_read / p.bytes_total:.0%}" if p.bytes_total else "?"
+        rate = p.records / (now - self.start) if now > self.start else 0.0
+        text = (
+            f"read {share} ({p.bytes_read / 1e6:,.0f} of {p.bytes_total / 1e6:,.0f} MB), "
+            f"{p.records:,} records, {rate:,.0f}/s"
+        )
+        self.stream.write("\r" + text.ljust(self.width))
+        self.stream.flush()
+        self.width = len(text)
+
+    def close(self) -> None:
+        """Clear the line, so the summary starts on a clean one."""
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     import json
 
@@ -571,11 +608,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"controlroom: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    progress = _ProgressLine(sys.stderr) if sys.stderr.isatty() else None
     try:
         # A short queue: the next batch is parsed while one is written, and memory stays small.
         with store, Pipeline(store, queue_events=40_000) as pipeline:
             parallel = {"auto": None, "on": True, "off": False}[args.parse_process]
-            report = ingest_files(pipeline, list(args.paths), fmt, parallel=parallel)
+            report = ingest_files(pipeline, list(args.paths), fmt, parallel=parallel, progress=progress)
     except StoreUnavailable as exc:
         print(f"controlroom: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -585,6 +623,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+    finally:
+        if progress is not None:
+            progress.close()
     for error in report.errors:
         print(f"controlroom: {error}", file=sys.stderr)
     if args.json:

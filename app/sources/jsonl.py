@@ -675,6 +675,7 @@ def ingest_files(
     batch_lines: int = DEFAULT_BATCH_LINES,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     parallel: bool | None = None,
+    progress: Callable[[IngestProgress], None] | None = None,
 ) -> FileIngest:
     """Read each file once into ``pipeline`` (an :class:`app.sources.pipeline.Pipeline`).
 
@@ -685,14 +686,16 @@ def ingest_files(
     :func:`app.sources.parse_process.parallel_available`); ``parallel=False``
     reads them here, ``True`` asks for the process whatever the size.  A file
     that cannot be opened or whose format cannot be told is listed in
-    ``errors`` and the others are still read.
+    ``errors`` and the others are still read.  ``progress`` is called after
+    each batch is handed over, with how far the reading has come.
     """
     from app.sources import parse_process
 
     report = FileIngest()
     threaded = getattr(pipeline, "running", False)
+    total_bytes = sum(_size(p) for p in paths)
     if parallel is None:
-        parallel = sum(_size(p) for p in paths) >= parse_process.PARALLEL_MIN_BYTES
+        parallel = total_bytes >= parse_process.PARALLEL_MIN_BYTES
     parallel = parallel and threaded and parse_process.parallel_available()
     pending: list[Any] = []
 
@@ -703,7 +706,16 @@ def ingest_files(
         for k, v in result.reasons.items():
             report.reasons[k] = report.reasons.get(k, 0) + v
 
+    offsets: dict[str, int] = {}  # per file, how far it has been read
+    records = 0
+
     def put(batch: Any) -> None:
+        nonlocal records
+        if progress is not None:
+            records += len(batch)
+            for position in batch.positions:
+                offsets[position.source] = position.offset
+            progress(IngestProgress(sum(offsets.values()), total_bytes, records))
         if threaded:
             pending.append(pipeline.submit(batch))
             while pending and pending[0].done():
@@ -737,6 +749,15 @@ def ingest_files(
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class IngestProgress:
+    """How far :func:`ingest_files` has read: bytes of all the files, and records (events and rejected)."""
+
+    bytes_read: int
+    bytes_total: int
+    records: int
+
+
 #: Lines per batch the parser process hands over (see :func:`ingest_files`).
 _CHILD_BATCH_LINES = 4_000
 
@@ -748,4 +769,4 @@ def _size(path: Path) -> int:
         return 0
 
 
-__all__ += ["FileIngest", "ingest_files"]
+__all__ += ["FileIngest", "IngestProgress", "ingest_files"]

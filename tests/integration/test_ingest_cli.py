@@ -7,6 +7,7 @@ and kept in the quarantine, every good line stored once.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -20,7 +21,7 @@ import pytest
 from app.cli import main
 from app.core.event import Event
 from app.core.ids import new_event_id
-from app.sources import parse_process
+from app.sources import jsonl, parse_process
 from app.sources.parse_process import parallel_available
 from storage import open_store
 from storage.queries.events import count_events
@@ -198,3 +199,41 @@ def test_text_output_and_the_real_command(tmp_path: Path) -> None:
     lines = proc.stdout.splitlines()
     assert lines[0] == "ingested 3, duplicates 1, rejected 13"
     assert "  wrong type: 3" in lines
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_sees_how_far_the_reading_has_come(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(good_line(i) + b"\n" for i in range(3000)))
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(jsonl, "DEFAULT_BATCH_LINES", 500)  # several batches, several updates
+    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    assert main(["ingest", str(path), "--store", url, "--parse-process", "off"]) == 0
+    shown = terminal.getvalue()
+    assert shown.startswith("\rread ") and "records" in shown and "/s" in shown
+    assert shown.endswith("\r") and not shown.rstrip("\r ").endswith("records")  # cleared at the end
+    assert capsys.readouterr().out.startswith("ingested 3,000, duplicates 0, rejected 0")
+
+
+def test_the_progress_line_is_rewritten_at_most_twice_a_second() -> None:
+    from app.cli import _ProgressLine
+    from app.sources.jsonl import IngestProgress
+
+    now = [100.0]
+    terminal = _Terminal()
+    line = _ProgressLine(terminal, clock=lambda: now[0])
+    for step in range(10):  # a batch every 0.25 s
+        now[0] += 0.25
+        line(IngestProgress(bytes_read=step * 10_000_000, bytes_total=100_000_000, records=step * 1000))
+    writes = terminal.getvalue().split("\r")[1:]
+    assert len(writes) == 5  # every other batch
+    assert writes[-1].strip() == "read 80% (80 of 100 MB), 8,000 records, 3,556/s"
+    line.close()
+    assert terminal.getvalue().endswith("\r") and line.width == 0
