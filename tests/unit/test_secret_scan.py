@@ -40,14 +40,20 @@ def test_inputs_a_test_wrote_and_clean_outputs_are_not_flagged(tmp_path: Path) -
 def test_a_float_that_spells_sk_before_a_text_column_is_not_a_key(tmp_path: Path) -> None:
     # SQLite writes the float's 8 bytes and the text side by side: ...'s' 'k' '-' 'gatewayopenai'.
     tail = struct.unpack(">d", b"\x41\xda\x86\x2a\x82sk-")[0]
-    db = tmp_path / "store.sqlite3"
-    with sqlite3.connect(db) as conn:
-        conn.execute("create table events (ts real, source text, provider text)")
-        conn.execute("insert into events values (?, 'gateway', 'openai')", (tail,))
-    conn.close()
-    assert b"sk-gatewayopenai" in db.read_bytes()  # key-shaped bytes on disk...
-    assert scan(tmp_path) == []  # ...but no text of the store holds them
-    with sqlite3.connect(db) as conn:
-        conn.execute("insert into events values (1.0, 'sk-live-0123456789', 'openai')")  # a real leak
-    conn.close()
-    assert len(scan(tmp_path)) == 1
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    db = planted / "store.sqlite3"
+    try:
+        with sqlite3.connect(db) as conn:
+            conn.execute("create table events (ts real, source text, provider text)")
+            conn.execute("insert into events values (?, 'gateway', 'openai')", (tail,))
+        conn.close()
+        assert b"sk-gatewayopenai" in db.read_bytes()  # key-shaped bytes on disk...
+        assert scan(planted) == []  # ...but no text of the store holds them
+        with sqlite3.connect(db) as conn:
+            conn.execute("insert into events values (1.0, 'sk-live-0123456789', 'openai')")  # a real leak
+        conn.close()
+        assert len(scan(planted)) == 1
+    finally:
+        # Planted on purpose: gone before the end-of-run scan walks this directory.
+        shutil.rmtree(planted, ignore_errors=True)
