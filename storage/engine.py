@@ -19,7 +19,7 @@ import importlib.resources
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,11 +226,16 @@ class WalCheckpointer:
             yield
             return
         raw: Any = conn.connection.driver_connection
-        raw.execute("PRAGMA wal_autocheckpoint=0")  # not a transaction: isolation_level is None
+        try:
+            raw.execute("PRAGMA wal_autocheckpoint=0")  # not a transaction: isolation_level is None
+        except sqlite3.Error:  # the transaction itself will say what is wrong with the store
+            yield
+            return
         try:
             yield
         finally:
-            raw.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_AUTOCHECKPOINT_PAGES}")
+            with suppress(sqlite3.Error):
+                raw.execute(f"PRAGMA wal_autocheckpoint={_SQLITE_AUTOCHECKPOINT_PAGES}")
             self._asked = True
             self._wake.set()
 

@@ -7,7 +7,10 @@ transaction**, it:
 1. inserts the events as rows, idempotent on ``event_id`` (a replayed batch
    inserts nothing twice), and learns which of them were new;
 2. folds only the new ones into the per-minute rollups (counters added,
-   latency and TTFT sketches merged, with numpy: :func:`storage.queries.rollups.merge_rollup_rows`);
+   latency and TTFT sketches merged, with numpy: :func:`storage.queries.rollups.merge_rollup_rows`).
+   A :class:`RowBatch` from the ingest's parser process brings its rollups
+   computed ahead; they are added as they are only when every row of the
+   transaction was new, else the new rows are summed here;
 3. stores the batch's rejected records in the quarantine;
 4. saves the batch's read positions (file sources resume from them).
 
