@@ -70,10 +70,8 @@ class ControlObjectPage:
         rec = page.record
         if rec is None or rec.revision is None or page._busy:
             return
-        reason = page.save_bar.reason.text().strip()
-        if not reason:
-            page.save_bar.reason_field.set_problem("say why you delete it: the reason goes in the audit log")
-            page.save_bar.reason.setFocus()
+        reason = page.save_bar.required_reason("say why you delete it: the reason goes in the audit log")
+        if reason is None:
             return
         kind = self.KIND
         if not page.confirm(

@@ -41,6 +41,26 @@ def write_table_csv(path: Path, model: QtCore.QAbstractItemModel) -> int:
     return len(rows) - 1
 
 
+def _ask_where(
+    parent: QtWidgets.QWidget,
+    what: str,
+    *,
+    stem: str,
+    suffix: str,
+    title: str,
+    file_filter: str,
+    ask_path: Callable[[str, Path], Path | None] | None,
+) -> Path | None:
+    """The file to write: the save dialog (or ``ask_path`` in tests), offering
+    ``~/controlroom-<stem>-<time><suffix>``; ``None`` when the operator cancels."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    suggested = Path.home() / f"controlroom-{stem}-{stamp}{suffix}"
+    if ask_path is not None:
+        return ask_path(what, suggested)
+    chosen, _ = QtWidgets.QFileDialog.getSaveFileName(parent, title, str(suggested), file_filter)
+    return Path(chosen) if chosen else None
+
+
 def export_table(
     parent: QtWidgets.QWidget,
     model: QtCore.QAbstractItemModel,
@@ -50,15 +70,15 @@ def export_table(
     ask_path: Callable[[str, Path], Path | None] | None = None,
 ) -> Path | None:
     """Ask where (``ask_path`` stands in for the file dialog in tests), write the CSV, say so."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    suggested = Path.home() / f"controlroom-{what.replace(' ', '-')}-{stamp}.csv"
-    if ask_path is None:
-        chosen, _ = QtWidgets.QFileDialog.getSaveFileName(
-            parent, f"Export the {what} shown", str(suggested), "CSV (*.csv)"
-        )
-        path = Path(chosen) if chosen else None
-    else:
-        path = ask_path(what, suggested)
+    path = _ask_where(
+        parent,
+        what,
+        stem=what.replace(" ", "-"),
+        suffix=".csv",
+        title=f"Export the {what} shown",
+        file_filter="CSV (*.csv)",
+        ask_path=ask_path,
+    )
     if path is None:
         return None
     try:
@@ -81,15 +101,15 @@ def export_config(
 ) -> None:
     """Ctrl+E on an editor page: the store's configuration as a config file, the one
     ``controlroom config apply`` reads back (keys stay in the keyring; none is written)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    suggested = Path.home() / f"controlroom-config-{stamp}.yaml"
-    if ask_path is None:
-        chosen, _ = QtWidgets.QFileDialog.getSaveFileName(
-            parent, f"Export the configuration ({what} and the rest)", str(suggested), "YAML (*.yaml *.yml)"
-        )
-        path = Path(chosen) if chosen else None
-    else:
-        path = ask_path(what, suggested)
+    path = _ask_where(
+        parent,
+        what,
+        stem="config",
+        suffix=".yaml",
+        title=f"Export the configuration ({what} and the rest)",
+        file_filter="YAML (*.yaml *.yml)",
+        ask_path=ask_path,
+    )
     if path is None:
         return
 

@@ -151,6 +151,17 @@ class SaveBar(QtWidgets.QWidget):
         for b in (self.save, self.revert, self.delete):
             layout.addWidget(b, 0, Qt.AlignmentFlag.AlignTop)
 
+    def required_reason(
+        self, ask: str = "say why: the reason goes in the audit log with your name"
+    ) -> str | None:
+        """The reason typed; ``None`` after marking the empty field with ``ask`` and focusing it."""
+        reason = self.reason.text().strip()
+        if not reason:
+            self.reason_field.set_problem(ask)
+            self.reason.setFocus()
+            return None
+        return reason
+
 
 def ask_confirmation(parent: QtWidgets.QWidget, title: str, text: str, ok: str) -> bool:
     """A modal question; ``True`` when the operator chose ``ok``."""

@@ -1201,10 +1201,8 @@ class RoutingPage(ControlObjectPage, QtWidgets.QWidget):
                 self.scroll.ensureWidgetVisible(first)
                 first.editor.setFocus()
             return
-        reason = self.save_bar.reason.text().strip()
-        if not reason:
-            self.save_bar.reason_field.set_problem("say why: the reason goes in the audit log with your name")
-            self.save_bar.reason.setFocus()
+        reason = self.save_bar.required_reason()
+        if reason is None:
             return
         store = self._store_getter()
         if self._runner is None or store is None:
