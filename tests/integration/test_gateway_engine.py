@@ -436,6 +436,14 @@ def test_exact_cache_hits_at_temperature_zero_and_not_above_unless_opted_in(
 # --- budgets ---------------------------------------------------------------------------------------
 
 
+def midday_clock() -> Callable[[], float]:
+    """A clock that reads noon UTC today and ticks on from there: a test about "today's" spend that
+    happens to run at 23:59:55 does not see the day turn between seeding the store and asking."""
+    start = time.monotonic()
+    noon = time.time() // 86400 * 86400 + 12 * 3600
+    return lambda: noon + (time.monotonic() - start)
+
+
 def _budget(name: str, scope: str, limit: str, action: str, extra: str = "") -> str:
     return f"""
 budgets:
@@ -457,7 +465,7 @@ def test_budget_warning_levels_fire_once_each_and_block_applies_at_100(sim: SimS
     async def main() -> dict[str, Any]:
         heard: list[BudgetWarning] = []
         out: dict[str, Any] = {}
-        async with Gateway(store, config=cfg, key_resolver=keys) as gw:
+        async with Gateway(store, config=cfg, key_resolver=keys, clock=midday_clock()) as gw:
             gw.add_budget_warning_listener(heard.append)
             # traffic outside the scope is not charged
             for i in range(5):
@@ -538,7 +546,8 @@ def test_budget_spend_and_fired_levels_come_from_the_store(sim: SimServer, store
         targets="  - {name: pricey, provider: sim-openai, model: gpt-4o, "
         "price: {input_per_mtok: 5000, output_per_mtok: 5000}}",
     )
-    now = time.time()
+    clock = midday_clock()
+    now = clock()
     budget = cfg.budget("global-usd")
     assert budget is not None
     insert_events(
@@ -547,7 +556,7 @@ def test_budget_spend_and_fired_levels_come_from_the_store(sim: SimServer, store
     record_budget_warning(store.engine, "global-usd", alert_period_start(budget, now), 0.5)
 
     async def main() -> tuple[float, list[float]]:
-        async with Gateway(store, config=cfg, key_resolver=keys) as gw:
+        async with Gateway(store, config=cfg, key_resolver=keys, clock=clock) as gw:
             spent = gw.budget_standings()[0].spent_usd
             await gw.chat(ask(text="a question that costs money"))
             await gw.flush()

@@ -51,7 +51,9 @@ budgets:
     downgrade_to: [fast]
 """
 
-NOW = time.time()
+# Noon UTC yesterday, pinned: the seeded traffic of the last hour lies inside "today" whatever the
+# time the suite runs at (at 00:06 UTC, a wall-clock "now" put most of it in yesterday).
+NOW = (time.time() // 86400 - 1) * 86400 + 12 * 3600
 
 
 @pytest.fixture
@@ -87,6 +89,7 @@ def make_page(qtbot: Any, store: Store) -> Callable[[], BudgetsPage]:
         page = BudgetsPage()
         qtbot.addWidget(page)
         page.confirm = Confirmer()
+        page.clock = lambda: NOW
         page.attach_store(lambda: store, run_now)
         page.timer.stop()
         page.resize(1200, 900)

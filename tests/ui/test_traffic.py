@@ -345,7 +345,9 @@ def test_store_facts_spend_today_budgets_and_breakers(seeded_store: object) -> N
     now = time.time()
     facts = read_store_facts(engine, FilterState(), now=now)
     day = math.floor(now / 86400) * 86400
-    expected = sum(e.cost_usd for e in seeded_store.events if e.ts_end >= day)  # type: ignore[attr-defined]
+    # An event counts in the minute it started, as everywhere in the store (a call that began before
+    # midnight and ended after it is yesterday's).
+    expected = sum(e.cost_usd for e in seeded_store.events if e.ts_start >= day)  # type: ignore[attr-defined]
     assert facts.spend_today_usd == pytest.approx(expected, rel=1e-9)
     assert [b.name for b in facts.budgets] == ["daily"]
     assert facts.open_breakers == 1

@@ -478,6 +478,8 @@ class BudgetsPage(ControlObjectPage, QtWidgets.QWidget):
         self._validate_timer.timeout.connect(self.validate)
         self.timer = QTimer(self, interval=REFRESH_MS)
         self.timer.timeout.connect(self._tick)
+        #: Where "now" comes from for the standing (spend this period, projection); a test pins it.
+        self.clock: Callable[[], float] = time.time
 
         save = QtGui.QShortcut(QtGui.QKeySequence.StandardKey.Save, self)
         save.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
@@ -530,8 +532,10 @@ class BudgetsPage(ControlObjectPage, QtWidgets.QWidget):
         gateway_config = self._gateway_config()
         self._reading = True
 
+        now = self.clock()
+
         def work() -> bm.BudgetsSnapshot:
-            return bm.load_budgets(engine, gateway_config)
+            return bm.load_budgets(engine, gateway_config, now=now)
 
         def failed(exc: BaseException) -> None:
             self._reading = False

@@ -1,0 +1,74 @@
+"""The tests that reason about "today", "this week" and "this month" pass at any hour.
+
+Two of them once assumed the last hour of seeded traffic lay inside today, and CI ran at 00:06 UTC.
+Here those tests run again under libfaketime with the clock set a few minutes past midnight UTC
+on a Monday that is also the first of a month (day, week and month all just began), and again
+a little before midnight so the day turns while they run.  The clock keeps ticking from there."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("time_of_day")]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Every test that compares stored traffic with a calendar period or with "yesterday by now".
+DAY_SENSITIVE = [
+    "tests/ui/test_budgets_page.py",
+    "tests/ui/test_traffic.py",
+    "tests/ui/test_overview.py",
+    "tests/unit/test_core_budget.py",
+    "tests/unit/test_core_budget_outlook.py",
+    "tests/integration/test_gateway_engine.py::test_budget_spend_and_fired_levels_come_from_the_store",
+    "tests/integration/test_gateway_engine.py::test_budget_warning_levels_fire_once_each_and_block_applies_at_100",
+]
+
+
+def _faketime() -> str:
+    found = shutil.which("faketime")
+    if found is None:
+        reason = "libfaketime's `faketime` is not installed (apt-get install faketime; .ci/run does)"
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI must run the time-of-day tests: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return found
+
+
+def _first_monday_first_of_month(after: dt.date) -> dt.date:
+    d = (after.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    while d.weekday() != 0:
+        d = (d + dt.timedelta(days=32)).replace(day=1)
+    return d
+
+
+@pytest.mark.parametrize("clock", ["00:06:00", "23:59:40"], ids=["just-after-midnight", "across-midnight"])
+def test_day_sensitive_tests_pass_at_any_hour(clock: str, tmp_path: Path) -> None:
+    faketime = _faketime()
+    day = _first_monday_first_of_month(dt.datetime.now(dt.UTC).date())
+    if clock.startswith("23"):
+        day -= dt.timedelta(days=1)
+    env = {
+        **os.environ,
+        "TZ": "UTC",
+        "QT_QPA_PLATFORM": "offscreen",
+    }
+    env.pop("PYTEST_XDIST_WORKER", None)
+    cmd = [
+        faketime, "-f", f"@{day.isoformat()} {clock}",
+        sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:xdist",
+        "--basetemp", str(tmp_path / "t"), *DAY_SENSITIVE,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    tail = "\n".join((out.stdout + out.stderr).splitlines()[-40:])
+    assert out.returncode == 0, f"at {day} {clock} UTC:\n{tail}"
+    summary = tail.splitlines()[-1]
+    assert re.fullmatch(r"=* ?\d+ passed in .*", summary), f"every test must run and pass: {summary}"
