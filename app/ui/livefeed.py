@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from app.core.budget import Budget, period_bounds
 from app.core.event import FAILURE_TYPES, Failure
 from app.sources.live import DIMENSIONS, LiveAggregator, LiveFilter, LiveSeries
 from app.ui.filters import FilterState
@@ -91,6 +92,39 @@ class BudgetLine:
     name: str
     limit_usd: float
     warn_at: tuple[float, ...] = ()
+    #: The time zone the budget's day runs in (docs/semantics.md: UTC unless it says otherwise).
+    timezone: str = "UTC"
+
+
+def day_zone(budgets: list[BudgetLine]) -> str:
+    """The time zone "today" is counted in: the daily budget's shown against it (the tightest),
+    so the Overview's spend and the budget the gateway enforces mean the same day; UTC without one."""
+    return min(budgets, key=lambda b: b.limit_usd).timezone if budgets else "UTC"
+
+
+def day_bounds(ts: float, zone: str) -> tuple[float, float]:
+    """``[start, end)`` of the day ``ts`` falls in, between midnights in ``zone`` (23 or 25 hours
+    across a DST change); a zone this machine does not know counts as UTC."""
+    try:
+        return period_bounds(Budget("today", period="day", timezone=zone), ts)
+    except Exception:
+        return period_bounds(Budget("today", period="day"), ts)
+
+
+def day_starts(t: F64, zone: str) -> F64:
+    """For each time in ``t`` (ascending), the start of its day in ``zone``."""
+    out = np.empty_like(t)
+    if not len(t):
+        return out
+    start, end = day_bounds(float(t[0]), zone)
+    i = 0
+    while i < len(t):
+        j = int(np.searchsorted(t, end, side="left"))
+        out[i:j] = start
+        i = j
+        if i < len(t):
+            start, end = day_bounds(float(t[i]), zone)
+    return out
 
 
 @dataclass(frozen=True)
@@ -106,7 +140,10 @@ class BreakerMark:
 
 @dataclass
 class StoreFacts:
-    """What only the store knows: spend today (UTC) for the filter, the same time yesterday, budgets."""
+    """What only the store knows: spend today for the filter, the same time yesterday, budgets.
+
+    "Today" runs from midnight in :attr:`zone`: the daily budget's time zone, UTC without one.
+    """
 
     fetched_at: float = math.nan
     spend_today_usd: float | None = None
@@ -116,6 +153,10 @@ class StoreFacts:
     dimension_values: dict[str, list[str]] = field(default_factory=dict)
     transitions: list[BreakerMark] = field(default_factory=list)
 
+    @property
+    def zone(self) -> str:
+        return day_zone(self.budgets)
+
 
 @dataclass
 class TrafficFrame:
@@ -123,8 +164,9 @@ class TrafficFrame:
 
     Rates for the charts come from :meth:`rate` (per second live, per minute
     in history, as ui.md says).  ``spend_day_usd`` is cumulative spend within
-    each UTC day at the end of each bucket (live: today, from the store plus
-    the live seconds since it was asked).
+    each day (from midnight in the daily budget's time zone, UTC without one)
+    at the end of each bucket (live: today, from the store plus the live
+    seconds since it was asked).
     """
 
     state: FilterState
@@ -224,7 +266,7 @@ def live_frame(
         i = int(np.searchsorted(s.t, math.floor(facts.fetched_at), side="right")) - 1
         offset = facts.spend_today_usd - (float(cum[i]) if 0 <= i < len(cum) else 0.0)
     spend = offset + cum
-    day_start = math.floor(s.t[-1] / DAY) * DAY if len(s.t) else 0.0
+    day_start = day_bounds(float(s.t[-1]), facts.zone if facts else "UTC")[0] if len(s.t) else 0.0
     spend = np.where(s.t >= day_start, np.maximum(spend, 0.0), np.nan)
     # Seconds before the aggregator was watching are not known, not zero: right after start-up
     # the lines begin where the app began, instead of a flat "no traffic" across the window.
@@ -319,7 +361,7 @@ def history_frame(engine: Any, state: FilterState, *, now: float | None = None) 
     series = res.total() or res.series[0]
     v = series.values
     cost = v["cost_usd"]
-    day = np.floor(res.buckets / DAY)
+    day = day_starts(res.buckets, day_zone(daily_budgets(engine, state)))
     spend = np.zeros_like(cost)
     running = 0.0
     for i in range(len(cost)):  # a few hundred buckets: a plain loop is clearer than a segmented cumsum
@@ -383,14 +425,32 @@ def _first_event_ts(engine: Any) -> float | None:
     return None if first is None else float(first)
 
 
+def daily_budgets(engine: Any, state: FilterState) -> list[BudgetLine]:
+    """The store's daily money budgets whose scope the filter is inside (blocking)."""
+    from storage.queries.control import list_objects
+
+    chosen = {d: v for d, v in state.dims().items() if v is not None}
+    lines = []
+    for b in list_objects(engine, "budget"):
+        scope = b.get("scope") or {}
+        if b.get("period") != "day" or b.get("limit_usd") is None:
+            continue
+        if all(chosen.get(k) == v for k, v in scope.items()):
+            warn_at = tuple(b.get("warn_at") or ())
+            lines.append(BudgetLine(b["name"], float(b["limit_usd"]), warn_at, b.get("timezone") or "UTC"))
+    return lines
+
+
 def read_store_facts(engine: Any, state: FilterState, *, now: float | None = None) -> StoreFacts:
     """Spend today and yesterday to this time, daily budgets that apply, open breakers (blocking)."""
-    from storage.queries.control import list_breaker_overrides, list_breaker_transitions, list_objects
+    from storage.queries.control import list_breaker_overrides, list_breaker_transitions
     from storage.queries.prompts import list_prompts
     from storage.queries.series import top_n
 
     now = time.time() if now is None else now
-    day = math.floor(now / DAY) * DAY
+    facts = StoreFacts(fetched_at=now, budgets=daily_budgets(engine, state))
+    day = day_bounds(now, facts.zone)[0]
+    yesterday = day_bounds(day - 1, facts.zone)[0]
     until = max(math.ceil(now / 60) * 60, day + 60)
 
     def spend(a: float, b: float) -> float:
@@ -398,21 +458,13 @@ def read_store_facts(engine: Any, state: FilterState, *, now: float | None = Non
         total = res.total() or res.series[0]
         return float(np.nansum(total.values["cost_usd"]))
 
-    facts = StoreFacts(fetched_at=now)
     facts.spend_today_usd = spend(day, until)
     # "Yesterday by now" only when the store reaches back to the start of yesterday: a store
     # that began recording yesterday evening (a first run, the demo's last-24-hours history)
     # would compare today with a fraction of a day.
     first = _first_event_ts(engine)
-    if first is not None and first < day - DAY + 60:
-        facts.spend_yesterday_usd = spend(day - DAY, until - DAY)
-    chosen = {d: v for d, v in state.dims().items() if v is not None}
-    for b in list_objects(engine, "budget"):
-        scope = b.get("scope") or {}
-        if b.get("period") != "day" or b.get("limit_usd") is None:
-            continue
-        if all(chosen.get(k) == v for k, v in scope.items()):
-            facts.budgets.append(BudgetLine(b["name"], float(b["limit_usd"]), tuple(b.get("warn_at") or ())))
+    if first is not None and first < yesterday + 60:
+        facts.spend_yesterday_usd = spend(yesterday, yesterday + (until - day))
     state_by_target: dict[str, str] = {}
     for tr in list_breaker_transitions(engine, limit=1000):
         state_by_target[tr.target] = tr.to_state
@@ -444,9 +496,16 @@ class OverviewSnapshot:
     previous: dict[str, float | None]
     sparks: dict[str, F64]
     budget_today_usd: float | None = None
+    #: The time zone "today" runs in (the daily budget's, UTC without one); ``None`` before the store answers.
+    day_zone: str | None = None
 
     def as_mapping(self) -> dict[str, Any]:
-        return {**self.values, "previous": self.previous, "budget_today_usd": self.budget_today_usd}
+        return {
+            **self.values,
+            "previous": self.previous,
+            "budget_today_usd": self.budget_today_usd,
+            "day_zone": self.day_zone,
+        }
 
 
 def overview_snapshot(
@@ -517,7 +576,7 @@ def overview_snapshot(
     unseen = bucket_end <= live.watching_since
     if unseen.any():
         sparks = {k: np.where(unseen, np.nan, v) for k, v in sparks.items()}
-    return OverviewSnapshot(values, previous, sparks, budget)
+    return OverviewSnapshot(values, previous, sparks, budget, facts.zone if facts is not None else None)
 
 
 def overview_p95(live: LiveAggregator, flt: LiveFilter, *, now: float | None = None) -> tuple[float, float]:

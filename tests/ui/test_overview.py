@@ -82,6 +82,11 @@ def test_tiles_show_values_changes_and_sparklines(qtbot: object, live: LiveAggre
     assert page.empty.isHidden()
     assert page.tiles["cost_today_usd"].value.text().endswith("of $50.00")
     assert "vs yesterday by now" in page.tiles["cost_today_usd"].change.text()
+    # The title says which day "today" is: the daily budget's (here the default, UTC).
+    assert page.tiles["cost_today_usd"].title.text() == "Cost today (UTC)"
+    tokyo = StoreFacts(fetched_at=NOW, spend_today_usd=1.0, budgets=[BudgetLine("d", 50.0, (), "Asia/Tokyo")])
+    page.apply_snapshot(overview_snapshot(live, LiveFilter(), tokyo, now=NOW))
+    assert page.tiles["cost_today_usd"].title.text() == "Cost today (Asia/Tokyo)"
     assert "vs previous 5 min" in page.tiles["requests_per_s"].change.text()
     assert page.tiles["requests_per_s"].value.text().endswith("/s")
     spark = page.tiles["p95_latency_ms"].spark.values

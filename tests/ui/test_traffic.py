@@ -335,6 +335,77 @@ def test_feed_reads_history_and_budgets_through_the_bridge(
         runtime.stop()
 
 
+def test_today_runs_from_midnight_in_the_daily_budgets_time_zone(page: TrafficPage, tmp_path: Path) -> None:
+    """A daily budget in Asia/Tokyo: "spend today", "yesterday by now" and the spend chart's daily
+    reset follow Tokyo's midnight (15:00 UTC), as the budget the gateway enforces does."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from app.core.event import Event
+
+    tokyo = ZoneInfo("Asia/Tokyo")
+    now = datetime(2026, 6, 10, 14, 0, tzinfo=tokyo).timestamp()  # 05:00 UTC
+    midnight = datetime(2026, 6, 10, tzinfo=tokyo).timestamp()
+    events = [
+        Event(ts_start=t, ts_end=t + 1, provider="openai", model="m", cost_usd=0.01 * (1 + i % 7))
+        for i, t in enumerate(np.arange(now - 40 * 3600, now - 60, 600.0))
+    ]
+    store = open_store(f"sqlite:///{tmp_path / 'tokyo.sqlite3'}")
+    try:
+        with Pipeline(store) as pipeline:
+            pipeline.write(Batch(events=events))
+        save_object(
+            store.engine,
+            "budget",
+            {"name": "tokyo-daily", "scope": {}, "period": "day", "timezone": "Asia/Tokyo", "limit_usd": 5.0},
+            expected_revision=None,
+            actor="test",
+        )
+        facts = read_store_facts(store.engine, FilterState(), now=now)
+        assert facts.zone == "Asia/Tokyo" and [b.timezone for b in facts.budgets] == ["Asia/Tokyo"]
+        today = sum(e.cost_usd for e in events if e.ts_start >= midnight)
+        assert facts.spend_today_usd == pytest.approx(today, rel=1e-9)
+        since = midnight - 86400
+        yesterday = sum(e.cost_usd for e in events if since <= e.ts_start < since + (now - midnight))
+        assert facts.spend_yesterday_usd == pytest.approx(yesterday, rel=1e-9)
+        assert today != pytest.approx(sum(e.cost_usd for e in events if e.ts_start >= now // 86400 * 86400))
+
+        frame = history_frame(store.engine, FilterState(range_key="24h"), now=now)
+        k = int(np.searchsorted(frame.t, midnight))
+        assert frame.t[k] == midnight
+        # The running total starts again at Tokyo's midnight and ends at today's spend.
+        assert frame.spend_day_usd[k] == pytest.approx(frame.cost_usd[k])
+        assert frame.spend_day_usd[k - 1] > frame.spend_day_usd[k]
+        assert frame.spend_day_usd[-1] == pytest.approx(today, rel=1e-9)
+        utc_midnight = now // 86400 * 86400
+        u = int(np.searchsorted(frame.t, utc_midnight))
+        assert frame.spend_day_usd[u] > frame.cost_usd[u], "no reset at UTC midnight"
+        frame.budgets = facts.budgets
+        page.apply_frame(frame)
+        assert "Spend today (Asia/Tokyo day) vs budget" in page.charts["spend"].header.text
+    finally:
+        store.close()
+
+
+def test_day_starts_follow_local_midnights_across_a_dst_change() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from app.ui.livefeed import day_bounds, day_starts
+
+    ny = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, tzinfo=ny).timestamp()  # clocks go back: a 25-hour day
+    second = datetime(2026, 11, 2, tzinfo=ny).timestamp()
+    assert second - first == 25 * 3600
+    t = np.arange(first - 3600, second + 7200, 1800.0)
+    starts = day_starts(t, "America/New_York")
+    assert set(starts[t < first]) == {first - 24 * 3600}
+    assert set(starts[(t >= first) & (t < second)]) == {first}
+    assert set(starts[t >= second]) == {second}
+    assert day_bounds(first + 10, "America/New_York") == (first, second)
+    assert day_bounds(first + 10, "Not/AZone") == (first // 86400 * 86400, first // 86400 * 86400 + 86400)
+
+
 def test_store_facts_spend_today_budgets_and_breakers(seeded_store: object) -> None:
     from storage.queries.control import append_breaker_transition
 

@@ -185,6 +185,9 @@ class OverviewPage(QtWidgets.QWidget):
             if key in sparks:
                 tile.spark.set_values(sparks[key])
         previous = snapshot.get("previous") or {}
+        zone = snapshot.get("day_zone")
+        cost = self.tiles["cost_today_usd"]
+        cost.title.setText(f"{cost.spec.title} ({zone})" if zone else cost.spec.title)
         has_data = False
         for key, tile in self.tiles.items():
             value = snapshot.get(key)

@@ -24,7 +24,7 @@ from app.core import format as fmt
 from app.core.event import FAILURE_TYPES
 from app.ui.charts import Crosshair, SeriesSpec, TimeChart, local_utc_offset_label, pg
 from app.ui.filters import FilterState
-from app.ui.livefeed import F64, LiveFeed, TrafficFrame
+from app.ui.livefeed import F64, LiveFeed, TrafficFrame, day_zone
 from app.ui.pages import page_spec
 from app.ui.pages.placeholder import EmptyState, PageHeader
 from app.ui.qt import QTimer, QtWidgets, Signal
@@ -378,6 +378,8 @@ class TrafficPage(QtWidgets.QWidget):
                 lines.append((b.limit_usd * level, f"warn {level:.0%}", colors.warn))
         lines.sort(key=lambda line: -line[0])  # the order the chart lays their labels out in
         spend = self.charts["spend"]
+        # Its day runs from midnight in the daily budget's time zone, as the budget does.
+        spend.title = f"Spend today ({day_zone(frame.budgets)} day) vs budget"
         if [(v, lab) for v, lab, _ in lines] != [
             (a.value, a.item.label.toPlainText()) for a in spend.annotations
         ]:
