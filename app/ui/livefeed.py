@@ -107,7 +107,7 @@ def day_bounds(ts: float, zone: str) -> tuple[float, float]:
     across a DST change); a zone this machine does not know counts as UTC."""
     try:
         return period_bounds(Budget("today", period="day", timezone=zone), ts)
-    except Exception:
+    except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
         return period_bounds(Budget("today", period="day"), ts)
 
 
@@ -119,7 +119,7 @@ def day_starts(t: F64, zone: str) -> F64:
     start, end = day_bounds(float(t[0]), zone)
     i = 0
     while i < len(t):
-        j = int(np.searchsorted(t, end, side="left"))
+        j = max(int(np.searchsorted(t, end, side="left")), i + 1)
         out[i:j] = start
         i = j
         if i < len(t):
