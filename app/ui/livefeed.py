@@ -732,7 +732,9 @@ class LiveFeed(QObject):
 
     def tick(self, force: bool = False) -> None:
         state = self.state
-        now = time.time()
+        # Intervals on the monotonic clock: a wall clock set back (an NTP step, a hand correction)
+        # must not stop the store being asked until it catches up again.
+        now = time.monotonic()
         if (
             self.bridge is not None
             and self.store is not None
@@ -756,7 +758,7 @@ class LiveFeed(QObject):
         facts = self.facts
         frames = self.want_frames and state.live and (not state.paused or self.last_frame is None)
         overview = self.want_overview
-        now = time.time()
+        now = time.monotonic()
         dims_due = now - self._last_dims >= DIMS_INTERVAL_S
         if dims_due:
             self._last_dims = now

@@ -406,6 +406,50 @@ def test_day_starts_follow_local_midnights_across_a_dst_change() -> None:
     assert day_bounds(first + 10, "Not/AZone") == (first // 86400 * 86400, first // 86400 * 86400 + 86400)
 
 
+def test_a_wall_clock_set_back_does_not_stop_the_store_being_asked(
+    qtbot: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An NTP step or a hand correction sets the wall clock back an hour: the feed still asks the
+    store every STORE_INTERVAL_S, measured on the monotonic clock, and no more often."""
+    import types
+
+    from app.ui import livefeed
+
+    wall, mono = [1_800_000_000.0], [1000.0]
+    fake_time = types.SimpleNamespace(
+        time=lambda: wall[0], monotonic=lambda: mono[0], perf_counter=time.perf_counter
+    )
+    monkeypatch.setattr(livefeed, "time", fake_time)
+
+    class RecordingBridge:
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def run(self, coro: object, ok: object, err: object) -> None:
+            self.asked += 1
+            coro.close()  # type: ignore[attr-defined]  # never run: only the asking is under test
+            ok(livefeed.StoreFacts(fetched_at=wall[0]))  # type: ignore[operator]
+
+    feed = LiveFeed()
+    bridge = RecordingBridge()
+    feed.bridge = bridge
+    feed.attach(store=lambda: types.SimpleNamespace(engine=None))
+    feed.timer.stop()
+    assert bridge.asked == 1
+
+    def advance(seconds: float, *, wall_step: float = 0.0) -> int:
+        wall[0] += seconds + wall_step
+        mono[0] += seconds
+        feed.tick()
+        return bridge.asked
+
+    assert advance(5.0) == 1
+    assert advance(livefeed.STORE_INTERVAL_S, wall_step=-3600.0) == 2
+    assert advance(5.0) == 2
+    assert advance(livefeed.STORE_INTERVAL_S) == 3
+    feed.stop()
+
+
 def test_store_facts_spend_today_budgets_and_breakers(seeded_store: object) -> None:
     from storage.queries.control import append_breaker_transition
 
