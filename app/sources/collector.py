@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -444,7 +445,7 @@ class Collector:
         self._started = False
         self._closing = False
         self._reload_lock = asyncio.Lock()
-        self._today_rebuilt_at = 0.0
+        self._today_rebuilt_at = -math.inf  # time.monotonic() of the last rebuild of today's day rows
         self._version: int | None = None
         self._start_done: asyncio.Event | None = None
 
@@ -738,7 +739,8 @@ class Collector:
         total: CompactionResult | None = None
         # Today's day rows are rebuilt every TODAY_EVERY_S only: until then charts read today's hours.
         now = time.time()
-        rebuild_today = now - self._today_rebuilt_at >= TODAY_EVERY_S
+        # The interval on the monotonic clock: a wall clock set back must not hold today's rows back.
+        rebuild_today = time.monotonic() - self._today_rebuilt_at >= TODAY_EVERY_S
         days_before = None if rebuild_today else now - now % _DAY
         while not self._closing:
             try:
@@ -760,7 +762,7 @@ class Collector:
             if not result.remaining:
                 break
         if rebuild_today and total is not None:
-            self._today_rebuilt_at = now
+            self._today_rebuilt_at = time.monotonic()
         return total
 
     async def retain_now(self) -> None:
