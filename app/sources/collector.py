@@ -740,7 +740,8 @@ class Collector:
         # Today's day rows are rebuilt every TODAY_EVERY_S only: until then charts read today's hours.
         now = time.time()
         # The interval on the monotonic clock: a wall clock set back must not hold today's rows back.
-        rebuild_today = time.monotonic() - self._today_rebuilt_at >= TODAY_EVERY_S
+        started = time.monotonic()
+        rebuild_today = started - self._today_rebuilt_at >= TODAY_EVERY_S
         days_before = None if rebuild_today else now - now % _DAY
         while not self._closing:
             try:
@@ -762,7 +763,7 @@ class Collector:
             if not result.remaining:
                 break
         if rebuild_today and total is not None:
-            self._today_rebuilt_at = time.monotonic()
+            self._today_rebuilt_at = started
         return total
 
     async def retain_now(self) -> None:
