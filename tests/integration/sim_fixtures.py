@@ -8,14 +8,29 @@ simulator on a free loopback port in the ``instant`` scenario with seed 7; switc
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from app.sim import SimServer, SimThread
+from app.sim.ledger import Served
 
 SIM_SEED = 7
+
+
+def served_records(sim: SimServer, n: int, timeout: float = 10.0) -> list[Served]:
+    """The simulator's records once ``n`` requests have been served (from another thread than the
+    simulator's).  A streamed answer is recorded when its handler returns, which can be a moment
+    after the client has read the last frame and moved on."""
+    deadline = time.monotonic() + timeout
+    while len(sim.served) < n:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the simulator served {len(sim.served)} requests, not {n}, in {timeout} s")
+        threading.Event().wait(0.005)
+    return sim.served.records()
 
 
 @pytest.fixture

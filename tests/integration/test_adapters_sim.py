@@ -122,6 +122,15 @@ async def close_all(found: dict[str, ProviderAdapter]) -> None:
         await adapter.aclose()
 
 
+async def served_async(sim: SimServer, n: int) -> list[Served]:
+    """The records once ``n`` requests were served, on the simulator's own loop: a streamed answer is
+    recorded when its handler returns, a moment after the client has read the last frame."""
+    async with asyncio.timeout(10):
+        while len(sim.served) < n:  # noqa: ASYNC110 - the ledger is thread-safe, with no asyncio event to wait on
+            await asyncio.sleep(0.005)
+    return sim.served.records()
+
+
 async def call(adapter: ProviderAdapter, req: ChatRequest, stream: bool) -> ChatResult | ProviderError:
     """One request, its outcome either way (a stream is read to the end)."""
     try:
@@ -340,7 +349,7 @@ def test_time_to_first_token_in_real_time() -> None:
                             messages=[{"role": "user", "content": "Describe the day. [[sim:tokens=25]]"}],
                         )
                         outcome = await call(found[provider], req, True)
-                        rec = sim.served.records()[-1]
+                        rec = (await served_async(sim, 1))[-1]
                         if isinstance(outcome, ChatResult):
                             break
                     assert isinstance(outcome, ChatResult)

@@ -38,6 +38,7 @@ from storage.queries.control import (
     set_breaker_override,
 )
 from storage.queries.events import EventFilter, count_events, fetch_events, insert_events
+from tests.integration.sim_fixtures import served_records
 
 T = TypeVar("T")
 
@@ -178,7 +179,7 @@ def test_stream_yields_chunks_then_the_end_and_one_event(sim: SimServer, store: 
     resp = items[-1].response
     assert text == resp.result.text and text
     assert resp.event.stream is True and resp.event.ttft_ms is not None
-    (served,) = sim.served.records()
+    (served,) = served_records(sim, 1)
     assert served.stream and resp.event.output_tokens == served.output_tokens
     assert count_events(store.engine) == 1
 

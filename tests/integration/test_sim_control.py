@@ -265,7 +265,7 @@ def test_latency_is_simulated_for_plain_and_streamed_answers(
     openai_client.chat.completions.create(model="gpt-4o-mini", messages=ask)
     chunks = list(openai_client.chat.completions.create(model="gpt-4o-mini", messages=ask, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    plain, streamed = sim.served.records()
+    plain, streamed = sim_fixtures.served_records(sim, 2)
     # Lower bounds only: time to first token plus 20 tokens at 200 tokens/s.
     assert plain.ttft_s == streamed.ttft_s == 0.15
     assert plain.duration_s >= 0.24 and streamed.duration_s >= 0.24
