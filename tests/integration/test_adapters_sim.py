@@ -319,7 +319,7 @@ def test_every_fault_is_classified(provider: str, stream: bool) -> None:
     async def go() -> None:
         async with SimServer("instant", seed=3) as sim:
             results = await asyncio.gather(*(one(sim, f) for f in faults))
-            records = sim.served.records()
+            records = await served_async(sim, len(faults))
         by_fault = {r.fault: r for r in records}
         for fault, outcome in results:
             if fault in ("stream_cut", "stream_error") and not stream:

@@ -24,6 +24,7 @@ from tests.integration.test_adapters_sim import (
     compressed,
     requests_for,
     run_mix,
+    served_async,
 )
 
 FAULTS = [
@@ -102,7 +103,7 @@ def test_every_fault_is_classified_alike(provider: str, stream: bool, direct: bo
     async def go() -> None:
         async with SimServer("instant", seed=3) as sim:
             results = await asyncio.gather(*(one(sim, f) for f in FAULTS))
-            by_fault = {r.fault: r for r in sim.served.records()}
+            by_fault = {r.fault: r for r in await served_async(sim, len(FAULTS))}
         for fault, outcome in results:
             if fault in ("stream_cut", "stream_error") and not stream:
                 assert isinstance(outcome, ChatResult)
