@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from typing import Any
 
 import anthropic
 import httpx
@@ -27,14 +25,6 @@ WEATHER_TOOL = {
 # Fixtures shared by the simulator tests.
 anthropic_client = sim_fixtures.anthropic_client
 sim = sim_fixtures.sim
-
-
-def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_messages_create_has_the_documented_shape(
@@ -300,8 +290,7 @@ def test_stream_cut_raises_and_bills_what_was_sent(
         ) as stream,
     ):
         list(stream.text_stream)
-    _wait_for(lambda: len(sim.served) == 1)
-    (record,) = sim.served.records()
+    (record,) = sim_fixtures.served_records(sim, 1)
     assert record.fault == "stream_cut" and record.output_tokens == 4 and record.billed
 
 

@@ -183,10 +183,7 @@ def test_simthread_names_its_thread_and_stops_even_with_a_hanging_request() -> N
 
     caller = threading.Thread(target=call, name="test-caller")
     caller.start()
-    deadline = time.monotonic() + 5
-    while not server.served.records() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.served.records()[0].fault == "hang"
+    assert sim_fixtures.served_records(server, 1)[0].fault == "hang"
     thread.stop()  # raises if the thread does not end
     caller.join(5)
     assert not caller.is_alive() and isinstance(outcome[0], httpx.RemoteProtocolError)

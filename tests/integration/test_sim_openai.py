@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
-from typing import Any
 
 import httpx
 import openai
@@ -32,14 +30,6 @@ WEATHER_TOOL = {
 # Fixtures shared by the simulator tests.
 openai_client = sim_fixtures.openai_client
 sim = sim_fixtures.sim
-
-
-def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
 
 
 def test_chat_plain_has_the_documented_shape_and_real_token_counts(
@@ -388,8 +378,7 @@ def test_stream_cut_raises_a_connection_error_and_bills_what_was_sent(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "x [[sim:tokens=30]]"}], stream=True
         ):
             got.extend(c.delta.content or "" for c in chunk.choices)
-    _wait_for(lambda: len(sim.served) == 1)
-    (record,) = sim.served.records()
+    (record,) = sim_fixtures.served_records(sim, 1)
     assert record.fault == "stream_cut" and record.billed and record.output_tokens == 3
     assert len([g for g in got if g]) == 3
 

@@ -52,9 +52,7 @@ def _openai_traffic(client: openai.OpenAI, sim: SimServer) -> None:
             extra_headers={"x-sim-fault": "rate_limit"},
         )
     client.embeddings.create(model="text-embedding-3-small", input=["one", "two", "three"])
-    deadline = time.monotonic() + 5
-    while len(sim.served) < 10 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    sim_fixtures.served_records(sim, 10)
 
 
 def test_openai_usage_and_costs_match_the_ledger(openai_client: openai.OpenAI, sim: SimServer) -> None:
@@ -176,10 +174,7 @@ def test_anthropic_usage_and_cost_reports_match_the_ledger(
             messages=[{"role": "user", "content": "x"}],
             extra_headers={"x-sim-fault": "overloaded"},
         )
-    deadline = time.monotonic() + 5
-    while len(sim.served) < 7 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    billed = [r for r in sim.served.records() if r.billed]
+    billed = [r for r in sim_fixtures.served_records(sim, 7) if r.billed]
     assert len(billed) == 6
 
     start = min(r.ts for r in billed) - 60
