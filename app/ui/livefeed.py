@@ -361,7 +361,8 @@ def history_frame(engine: Any, state: FilterState, *, now: float | None = None) 
     series = res.total() or res.series[0]
     v = series.values
     cost = v["cost_usd"]
-    day = day_starts(res.buckets, day_zone(daily_budgets(engine, state)))
+    budgets = daily_budgets(engine, state)  # the frame's days run from their budget's midnight
+    day = day_starts(res.buckets, day_zone(budgets))
     spend = np.zeros_like(cost)
     running = 0.0
     for i in range(len(cost)):  # a few hundred buckets: a plain loop is clearer than a segmented cumsum
@@ -382,6 +383,7 @@ def history_frame(engine: Any, state: FilterState, *, now: float | None = None) 
         latency_ms={"p50": v["latency_p50"], "p95": v["latency_p95"], "p99": v["latency_p99"]},
         ttft_ms={"p50": v["ttft_p50"], "p95": v["ttft_p95"]},
         spend_day_usd=spend,
+        budgets=budgets,
         source="events" if from_events else "rollups",
     )
 
@@ -853,8 +855,7 @@ class LiveFeed(QObject):
         self._history_busy = False
         if gen != self._generation or self.state.live:
             return
-        if self.facts is not None:
-            frame.budgets = list(self.facts.budgets)
+        if self.facts is not None:  # its budgets came with it, read with its days
             frame.transitions = list(self.facts.transitions)
         started = time.perf_counter()
         self.last_frame = frame

@@ -380,7 +380,7 @@ def test_today_runs_from_midnight_in_the_daily_budgets_time_zone(page: TrafficPa
         utc_midnight = now // 86400 * 86400
         u = int(np.searchsorted(frame.t, utc_midnight))
         assert frame.spend_day_usd[u] > frame.cost_usd[u], "no reset at UTC midnight"
-        frame.budgets = facts.budgets
+        assert frame.budgets == facts.budgets  # read with the frame's days, so title and resets agree
         page.apply_frame(frame)
         assert "Spend today (Asia/Tokyo day) vs budget" in page.charts["spend"].header.text
     finally:
